@@ -1,0 +1,1 @@
+"""Pydantic request/response models in the OpenAI shapes, and the job spec."""

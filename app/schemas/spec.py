@@ -1,0 +1,159 @@
+"""The fine-tuning job spec: what a client may ask for, and its resolved form.
+
+The API resolves every "auto" when the job is created and stores the result; the training
+engine (worker/training) and `loraforge train` read the same resolved form, so the numbers a
+user sees on the job are the numbers the trainer used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Auto = Literal["auto"]
+
+# QLoRA paper defaults (Dettmers et al. 2023, appendix B): lr 2e-4, max grad norm 0.3.
+DEFAULT_LEARNING_RATE = 2e-4
+# OpenAI's auto-epoch rule: aim for 100..25,000 examples seen, 1..25 epochs.
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MAX_DEFAULT_EPOCHS = 25
+
+Optimizer = Literal["paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "adamw_torch"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are refused: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hyperparameters(StrictModel):
+    """OpenAI's supervised hyperparameters; each may be "auto"."""
+
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Auto = "auto"
+
+
+class ResolvedHyperparameters(StrictModel):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class LoraSpec(StrictModel):
+    r: Annotated[int, Field(ge=1, le=256)] = 16
+    alpha: Annotated[float, Field(gt=0, le=1024)] = 32
+    dropout: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    # "all-linear" = every linear layer of the transformer blocks (QLoRA's setting).
+    target_modules: Literal["all-linear"] | Annotated[list[str], Field(min_length=1, max_length=64)] = (
+        "all-linear"
+    )
+
+
+class QuantizationSpec(StrictModel):
+    bits: Literal[4, 8] | None = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    # "auto": bfloat16 on a GPU that has it, float32 on the CPU.
+    compute_dtype: ComputeDtype = "auto"
+
+
+class TrainingSpec(StrictModel):
+    optimizer: Optimizer = "paged_adamw_8bit"
+    learning_rate: Annotated[float, Field(gt=0, le=1e-2)] | Auto = "auto"
+    lr_scheduler: Scheduler = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.03
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 0.3
+    max_seq_length: Annotated[int, Field(ge=16, le=131_072)] = 1024
+    packing: bool = False
+    gradient_checkpointing: bool = True
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
+    train_on: Literal["assistant", "all"] = "assistant"
+    max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    eval_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
+class ResolvedTrainingSpec(TrainingSpec):
+    learning_rate: float  # type: ignore[assignment]
+
+
+class SupervisedMethod(StrictModel):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(StrictModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
+
+
+class ResolvedSpec(StrictModel):
+    """Everything the trainer needs besides the data: stored on the job, read by the engine."""
+
+    model: str
+    seed: int
+    hyperparameters: ResolvedHyperparameters
+    lora: LoraSpec
+    quantization: QuantizationSpec
+    training: ResolvedTrainingSpec
+
+
+def _next_power_of_two(value: float) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1.0, value))))
+
+
+def resolve_n_epochs(n_examples: int) -> int:
+    """OpenAI's rule: 3 epochs, more for tiny datasets, fewer for huge ones."""
+    n = max(1, n_examples)
+    if n * 3 < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+    if n * 3 > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n)
+    return 3
+
+
+def resolve_batch_size(n_examples: int) -> int:
+    """About 0.2% of the dataset, a power of two between 4 and 32, never above the dataset."""
+    size = min(32, max(4, _next_power_of_two(n_examples * 0.002)))
+    return max(1, min(size, n_examples))
+
+
+def resolve_spec(
+    *,
+    model: str,
+    seed: int,
+    n_train_examples: int,
+    hyperparameters: Hyperparameters,
+    lora: LoraSpec,
+    quantization: QuantizationSpec,
+    training: TrainingSpec,
+) -> ResolvedSpec:
+    """Fill in every "auto" from the dataset size and the QLoRA defaults."""
+    multiplier = hyperparameters.learning_rate_multiplier
+    if training.learning_rate != "auto":
+        learning_rate = training.learning_rate
+        multiplier = learning_rate / DEFAULT_LEARNING_RATE
+    else:
+        multiplier = 1.0 if multiplier == "auto" else multiplier
+        learning_rate = DEFAULT_LEARNING_RATE * multiplier
+    n_epochs = hyperparameters.n_epochs
+    batch_size = hyperparameters.batch_size
+    return ResolvedSpec(
+        model=model,
+        seed=seed,
+        hyperparameters=ResolvedHyperparameters(
+            n_epochs=resolve_n_epochs(n_train_examples) if n_epochs == "auto" else n_epochs,
+            batch_size=resolve_batch_size(n_train_examples) if batch_size == "auto" else batch_size,
+            learning_rate_multiplier=multiplier,
+        ),
+        lora=lora,
+        quantization=quantization,
+        training=ResolvedTrainingSpec(**{**training.model_dump(), "learning_rate": learning_rate}),
+    )
