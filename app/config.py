@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     # A single JSONL line over this is refused (line_too_long) without being buffered.
     max_line_bytes: int = 4 * MiB
     min_training_examples: int = 10
-    max_page_size: int = 100
     # name -> {"path": ...} or {"hub_id": ..., "revision": ...}; JSON in LORAFORGE_MODELS.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     default_seed: int = 42

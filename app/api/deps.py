@@ -1,0 +1,83 @@
+"""Dependencies: settings, session, storage, enqueue, the caller's organization, loaded rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import File, Job
+from app.errors import Unauthenticated
+from app.queue import Enqueuer
+from app.services import files as file_service
+from app.services import jobs as job_service
+from app.services.keys import authenticate
+from app.storage import LocalStorage
+
+MAX_PAGE_SIZE = 100
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `loraforge keys create`")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_storage(request: Request) -> LocalStorage:
+    storage: LocalStorage = request.app.state.storage
+    return storage
+
+
+def get_enqueuer(request: Request) -> Enqueuer:
+    enqueuer: Enqueuer = request.app.state.enqueuer
+    return enqueuer
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+
+
+def current_organization_id(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The organization of a live API key, or 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    record = authenticate(session, credentials.credentials)
+    if record is None:
+        raise Unauthenticated("invalid or revoked API key")
+    return record.organization_id
+
+
+CurrentOrgDep = Annotated[str, Depends(current_organization_id)]
+
+
+def load_job(
+    session: SessionDep, organization_id: CurrentOrgDep, fine_tuning_job_id: Annotated[str, Path()]
+) -> Job:
+    return job_service.get_job(session, organization_id, fine_tuning_job_id)
+
+
+def load_file(
+    session: SessionDep, organization_id: CurrentOrgDep, file_id: Annotated[str, Path()]
+) -> File:
+    return file_service.get_file(session, organization_id, file_id)
+
+
+JobDep = Annotated[Job, Depends(load_job)]
+FileDep = Annotated[File, Depends(load_file)]
+AfterQuery = Annotated[str | None, Query(max_length=64, description="Last id of the previous page")]
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]

@@ -1,0 +1,83 @@
+"""Rows -> public objects. Storage keys, lease owners and key hashes never leave here."""
+
+from __future__ import annotations
+
+from app.db.base import unix
+from app.db.models import Checkpoint, File, Job, JobEvent
+from app.schemas.files import DatasetStatsPublic, FilePublic
+from app.schemas.jobs import (
+    CheckpointMetrics,
+    CheckpointPublic,
+    EventPublic,
+    JobError,
+    JobPublic,
+    MethodPublic,
+    SupervisedPublic,
+)
+from app.schemas.spec import ResolvedSpec
+from app.services.events import event_id
+
+
+def file_public(record: File) -> FilePublic:
+    stats = DatasetStatsPublic.model_validate(record.stats) if record.stats else None
+    return FilePublic(
+        id=record.id,
+        bytes=record.bytes,
+        created_at=unix(record.created_at) or 0,
+        filename=record.filename,
+        purpose=record.purpose,  # type: ignore[arg-type]
+        sha256=record.sha256,
+        stats=stats,
+    )
+
+
+def job_public(job: Job) -> JobPublic:
+    spec = ResolvedSpec.model_validate(job.spec)
+    return JobPublic(
+        id=job.id,
+        created_at=unix(job.created_at) or 0,
+        error=JobError.model_validate(job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=unix(job.finished_at),
+        hyperparameters=spec.hyperparameters,
+        method=MethodPublic(supervised=SupervisedPublic(hyperparameters=spec.hyperparameters)),
+        model=job.model,
+        organization_id=job.organization_id,
+        result_files=list(job.result_files or []),
+        seed=job.seed,
+        status=job.status,  # type: ignore[arg-type]
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
+        estimated_finish=unix(job.estimated_finish),
+        metadata=job.metadata_,
+        suffix=job.suffix,
+        lora=spec.lora,
+        quantization=spec.quantization,
+        training=spec.training,
+        attempt=job.attempt,
+        cancel_requested=job.cancel_requested,
+        pause_requested=job.pause_requested,
+    )
+
+
+def event_public(event: JobEvent) -> EventPublic:
+    return EventPublic(
+        id=event_id(event.seq),
+        created_at=unix(event.created_at) or 0,
+        level=event.level,  # type: ignore[arg-type]
+        message=event.message,
+        type=event.type,  # type: ignore[arg-type]
+        data=event.data,
+    )
+
+
+def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=checkpoint.id,
+        created_at=unix(checkpoint.created_at) or 0,
+        fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=checkpoint.job_id,
+        metrics=CheckpointMetrics.model_validate(checkpoint.metrics or {}),
+        step_number=checkpoint.step_number,
+    )

@@ -1,0 +1,115 @@
+"""/v1/files: upload (streamed, capped, validated), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from app.api.deps import (
+    AfterQuery,
+    CurrentOrgDep,
+    FileDep,
+    LimitQuery,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+)
+from app.api.presenters import file_public
+from app.api.routes import ERROR_RESPONSES
+from app.errors import PayloadTooLarge
+from app.schemas.common import DeletedObject, ListPage
+from app.schemas.files import FilePublic, FilePurpose
+from app.services import files as file_service
+from app.services.uploads import ENVELOPE_ALLOWANCE, receive_upload
+
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["fine-tune"]},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("", openapi_extra={"requestBody": UPLOAD_BODY})
+async def create_file(
+    request: Request,
+    organization_id: CurrentOrgDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> FilePublic:
+    """Upload a JSONL dataset; every line is validated before the file is kept."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit():
+        if int(declared) > settings.max_upload_bytes + ENVELOPE_ALLOWANCE:
+            raise PayloadTooLarge(f"the upload is over the {settings.max_upload_bytes} byte limit",
+                                  param="file")
+    temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
+    try:
+        upload = await receive_upload(
+            request.stream(), request.headers.get("content-type"), temp, settings.max_upload_bytes
+        )
+        record = await run_in_threadpool(
+            file_service.store_upload,
+            session,
+            storage,
+            settings,
+            organization_id=organization_id,
+            upload=upload,
+            temp_path=temp,
+        )
+    finally:
+        temp.unlink(missing_ok=True)
+    return file_public(record)
+
+
+@router.get("")
+def read_files(
+    session: SessionDep,
+    organization_id: CurrentOrgDep,
+    after: AfterQuery = None,
+    limit: LimitQuery = 20,
+    purpose: FilePurpose | None = None,
+) -> ListPage[FilePublic]:
+    """The organization's files, newest first."""
+    rows, has_more = file_service.list_files(
+        session, organization_id, after=after, limit=limit, purpose=purpose
+    )
+    return ListPage[FilePublic].of([file_public(r) for r in rows], has_more)
+
+
+@router.get("/{file_id}")
+def read_file(record: FileDep) -> FilePublic:
+    return file_public(record)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def read_file_content(record: FileDep, storage: StorageDep) -> FileResponse:
+    """The file's bytes, streamed (Range requests supported)."""
+    return FileResponse(
+        storage.path(record.storage_key),
+        media_type="application/octet-stream",
+        filename=record.filename,
+    )
+
+
+@router.delete("/{file_id}")
+def delete_file(record: FileDep, session: SessionDep, storage: StorageDep) -> DeletedObject:
+    file_service.delete_file(session, storage, record)
+    return DeletedObject(id=record.id, object="file", deleted=True)

@@ -1,0 +1,102 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from app.api.deps import (
+    AfterQuery,
+    CurrentOrgDep,
+    EnqueuerDep,
+    JobDep,
+    LimitQuery,
+    SessionDep,
+    SettingsDep,
+)
+from app.api.presenters import checkpoint_public, event_public, job_public
+from app.api.routes import ERROR_RESPONSES
+from app.schemas.common import ListPage
+from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
+from app.services import events as event_service
+from app.services import jobs as job_service
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
+
+IdempotencyKeyHeader = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+
+
+@router.post("")
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueuer: EnqueuerDep,
+    organization_id: CurrentOrgDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobPublic:
+    """Create a job; a retry with the same Idempotency-Key returns the same job."""
+    job = job_service.create_job(
+        session,
+        settings,
+        enqueuer,
+        organization_id=organization_id,
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+    return job_public(job)
+
+
+@router.get("")
+def read_jobs(
+    session: SessionDep,
+    organization_id: CurrentOrgDep,
+    after: AfterQuery = None,
+    limit: LimitQuery = 20,
+) -> ListPage[JobPublic]:
+    """The organization's jobs, newest first."""
+    rows, has_more = job_service.list_jobs(session, organization_id, after=after, limit=limit)
+    return ListPage[JobPublic].of([job_public(r) for r in rows], has_more)
+
+
+@router.get("/{fine_tuning_job_id}")
+def read_job(job: JobDep) -> JobPublic:
+    return job_public(job)
+
+
+@router.post("/{fine_tuning_job_id}/cancel")
+def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
+    return job_public(job_service.cancel_job(session, job))
+
+
+@router.post("/{fine_tuning_job_id}/pause")
+def pause_job(job: JobDep, session: SessionDep) -> JobPublic:
+    return job_public(job_service.pause_job(session, job))
+
+
+@router.post("/{fine_tuning_job_id}/resume")
+def resume_job(
+    job: JobDep, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep
+) -> JobPublic:
+    return job_public(job_service.resume_job(session, settings, enqueuer, job))
+
+
+@router.get("/{fine_tuning_job_id}/events")
+def read_job_events(
+    job: JobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
+) -> ListPage[EventPublic]:
+    """Messages and metrics, newest first."""
+    rows, has_more = event_service.list_events(session, job, after=after, limit=limit)
+    return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints")
+def read_job_checkpoints(
+    job: JobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 10
+) -> ListPage[CheckpointPublic]:
+    """Checkpoints, newest step first."""
+    rows, has_more = event_service.list_checkpoints(session, job, after=after, limit=limit)
+    return ListPage[CheckpointPublic].of([checkpoint_public(r) for r in rows], has_more)

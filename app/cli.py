@@ -1,0 +1,121 @@
+"""The `loraforge` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.config import get_settings
+
+cli = typer.Typer(help="loraforge: QLoRA fine-tuning with an OpenAI-compatible API.",
+                  no_args_is_help=True, add_completion=False)
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _session_factory():  # type: ignore[no-untyped-def]
+    from app.db.migrate import upgrade_head
+    from app.db.session import make_engine, make_session_factory
+
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    upgrade_head(url)
+    return make_session_factory(make_engine(url))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from app.db.migrate import upgrade_head
+
+    upgrade_head(get_settings().resolved_database_url())
+    typer.echo("database is at the newest revision", err=True)
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the API server alone (migrations are applied first)."""
+    import uvicorn
+
+    from app.db.migrate import upgrade_head
+
+    settings = get_settings()
+    upgrade_head(settings.resolved_database_url())
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@keys_cli.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option("--org", help="Organization name (created if new)")],
+    name: Annotated[str, typer.Option(help="A label for the key")] = "",
+) -> None:
+    """Create a key; only the key is printed on stdout (shown once, never stored)."""
+    from app.db.session import session_scope
+    from app.services.keys import create_key, get_or_create_organization
+
+    with session_scope(_session_factory()) as session:
+        created = create_key(session, get_or_create_organization(session, org), name)
+        typer.echo(f"created key {created.record.id} for organization {org}", err=True)
+    typer.echo(created.key)
+
+
+@keys_cli.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization")] = None,
+) -> None:
+    """List keys (id, organization, prefix...last4, created, revoked) as JSON lines."""
+    from app.db.base import unix
+    from app.db.session import session_scope
+    from app.services.keys import list_keys
+
+    with session_scope(_session_factory()) as session:
+        for key, organization in list_keys(session, org):
+            typer.echo(json.dumps({
+                "id": key.id,
+                "organization": organization,
+                "name": key.name,
+                "redacted": f"{key.prefix}...{key.last4}",
+                "created_at": unix(key.created_at),
+                "last_used_at": unix(key.last_used_at),
+                "revoked_at": unix(key.revoked_at),
+            }))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key-...)")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from app.db.session import session_scope
+    from app.services.keys import revoke_key
+
+    with session_scope(_session_factory()) as session:
+        if not revoke_key(session, key_id):
+            typer.echo(f"no key {key_id}", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}", err=True)
+
+
+@cli.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="Job JSON, as POSTed to /v1/fine_tuning/jobs")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the adapter")],
+) -> None:
+    """Run the training engine locally; the last stdout line is a JSON summary."""
+    # The engine pulls in torch: imported here, never in the API process.
+    from worker.cli import run_train
+
+    run_train(spec, output, get_settings().data_dir)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""One error type per failure a client can act on, rendered in one place (app/main.py).
+
+The envelope is OpenAI's: {"error": {"message", "type", "param", "code"}}, with the status
+codes the openai SDK maps to its exception classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    """A failure the client caused or can act on."""
+
+    status_code: ClassVar[int] = 400
+    error_type: ClassVar[str] = "invalid_request_error"
+    code: str = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.extra = extra or {}
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        error = {"message": self.message, "type": self.error_type, "param": self.param}
+        return {"error": {**error, "code": self.code, **self.extra}}
+
+
+class InvalidRequest(ApiError):
+    code = "invalid_request"
+
+
+class DatasetInvalid(ApiError):
+    code = "invalid_dataset"
+
+
+class ModelNotFound(ApiError):
+    code = "model_not_found"
+
+
+class InvalidJobState(ApiError):
+    status_code = 409
+    code = "invalid_job_state"
+
+
+class IdempotencyConflict(ApiError):
+    status_code = 409
+    code = "idempotency_key_reused"
+
+
+class Unauthenticated(ApiError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"

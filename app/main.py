@@ -1,0 +1,100 @@
+"""create_app(): the FastAPI application, its state, routers and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.routes import files, health, jobs, models
+from app.config import Settings, get_settings
+from app.db.migrate import upgrade_head
+from app.db.session import make_engine, make_session_factory
+from app.errors import ApiError
+from app.queue import CeleryEnqueuer, Enqueuer
+from app.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+HTTP_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+
+
+def _envelope(status: int, message: str, *, param: str | None, code: str, type_: str | None = None
+              ) -> dict[str, Any]:
+    error_type = type_ or ("server_error" if status >= 500 else HTTP_ERROR_TYPES.get(
+        status, "invalid_request_error"))
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path",
+                                                                            "header")]
+    param = ".".join(location) or None
+    body = _envelope(422, f"{param or 'request'}: {first.get('msg')}", param=param,
+                     code="invalid_request_body")
+    body["error"]["details"] = jsonable_encoder(
+        [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    )
+    return JSONResponse(body, status_code=422)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(_envelope(exc.status_code, str(exc.detail), param=None, code=code),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        _envelope(500, "internal server error", param=None, code="internal_error"), status_code=500
+    )
+
+
+def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = None) -> FastAPI:
+    """Build the API; `enqueuer` is the seam tests swap for a recording fake."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_migrations_on_start:
+            upgrade_head(settings.resolved_database_url())
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="loraforge",
+        version="0.1.0",
+        description="QLoRA fine-tuning with an OpenAI-compatible API.",
+        lifespan=lifespan,
+    )
+    engine = make_engine(settings.resolved_database_url())
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.storage = LocalStorage(settings.data_dir)
+    app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
+
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    for module in (health, files, jobs, models):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,59 @@
+"""Enqueue work by task name. The API never imports worker/ (nor torch): it only rings the bell.
+
+The database is the source of truth; a lost message is re-published by the reaper, so a
+failed enqueue is logged, not raised to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+TASK_RUN_JOB = "training.run_job"
+TASK_RUN_EXPORT = "exports.run_export"
+
+
+class Enqueuer(Protocol):
+    def send(self, task_name: str, args: list[Any], queue: str) -> None: ...
+
+
+class CeleryEnqueuer:
+    """Publishes to the configured broker with a bounded retry, never waiting minutes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app: Celery | None = None
+
+    def _celery(self) -> Celery:
+        if self._app is None:
+            from celery import Celery
+
+            self._app = Celery("loraforge-api", broker=self.settings.resolved_broker_url())
+            self._app.conf.broker_connection_timeout = self.settings.enqueue_timeout_s
+            self._app.conf.broker_connection_retry_on_startup = False
+        return self._app
+
+    def send(self, task_name: str, args: list[Any], queue: str) -> None:
+        retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
+                        "interval_max": 1.0}
+        self._celery().send_task(
+            task_name, args=args, queue=queue, retry=True, retry_policy=retry_policy
+        )
+
+
+def try_send(enqueuer: Enqueuer, task_name: str, args: list[Any], queue: str) -> bool:
+    """Send; on a broker failure log it and return False (the reaper publishes later)."""
+    try:
+        enqueuer.send(task_name, args, queue)
+    except Exception:
+        log.warning("could not enqueue %s%s; the reaper will re-publish", task_name, args,
+                    exc_info=True)
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""Fine-tuning job requests and responses in OpenAI's shapes, plus loraforge's extensions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.schemas.spec import (
+    Hyperparameters,
+    LoraSpec,
+    Method,
+    QuantizationSpec,
+    ResolvedHyperparameters,
+    ResolvedTrainingSpec,
+    StrictModel,
+    TrainingSpec,
+)
+
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class JobCreate(StrictModel):
+    model: Annotated[str, Field(min_length=1, max_length=255)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    suffix: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] | None = (
+        None
+    )
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
+    method: Method | None = None
+    # Deprecated by OpenAI in favour of method.supervised.hyperparameters; still accepted.
+    hyperparameters: Hyperparameters | None = None
+    integrations: Annotated[list[Any], Field(max_length=0)] | None = None
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @field_validator("model")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("model must not contain control characters")
+        return value
+
+    def requested_hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters from `method` or, failing that, the deprecated top-level field."""
+        if self.method is not None and self.hyperparameters is not None:
+            explicit = self.method.supervised.hyperparameters.model_fields_set
+            if explicit:
+                raise ValueError("give hyperparameters in method or at the top level, not both")
+        if self.hyperparameters is not None:
+            return self.hyperparameters
+        return (self.method or Method()).supervised.hyperparameters
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class SupervisedPublic(BaseModel):
+    hyperparameters: ResolvedHyperparameters
+
+
+class MethodPublic(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedPublic
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: ResolvedHyperparameters
+    method: MethodPublic
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None
+    suffix: str | None
+    # + loraforge
+    lora: LoraSpec
+    quantization: QuantizationSpec
+    training: ResolvedTrainingSpec
+    attempt: int
+    cancel_requested: bool
+    pause_requested: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None = None
+
+
+class CheckpointMetrics(BaseModel):
+    step: int | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int

@@ -1,0 +1,87 @@
+"""Job events (messages and metrics) and checkpoints: written by the worker, read by the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import Checkpoint, Job, JobEvent
+from app.errors import InvalidRequest
+
+EVENT_PREFIX = "ftevent-"
+
+
+def event_id(seq: int) -> str:
+    return f"{EVENT_PREFIX}{seq}"
+
+
+def parse_event_id(value: str) -> int:
+    digits = value.removeprefix(EVENT_PREFIX)
+    if not digits.isdigit() or len(digits) > 18:
+        raise InvalidRequest(f"{value!r} is not an event id", param="after", code="invalid_cursor")
+    return int(digits)
+
+
+def add_event(
+    session: Session,
+    job: Job,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Add an event to the session (the caller commits, batching metrics as it sees fit)."""
+    event = JobEvent(
+        job_id=job.id,
+        organization_id=job.organization_id,
+        type=type,
+        level=level,
+        message=message,
+        data=data,
+    )
+    session.add(event)
+    return event
+
+
+def list_events(
+    session: Session, job: Job, *, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Newest first, as OpenAI lists them; `after` is the last event id of the previous page."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.seq < parse_event_id(after))
+    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_events_since(session: Session, job: Job, after_seq: int, limit: int) -> list[JobEvent]:
+    """Oldest first from `after_seq`: what a stream resumed with Last-Event-ID needs."""
+    stmt = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.seq > after_seq)
+        .order_by(JobEvent.seq)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def list_checkpoints(
+    session: Session, job: Job, *, after: str | None, limit: int
+) -> tuple[list[Checkpoint], bool]:
+    """Newest step first; `after` is the last checkpoint id of the previous page."""
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    if after is not None:
+        anchor = session.scalar(
+            select(Checkpoint.step_number).where(
+                Checkpoint.id == after, Checkpoint.job_id == job.id
+            )
+        )
+        if anchor is None:
+            raise InvalidRequest(f"no checkpoint {after!r} on this job", param="after",
+                                 code="invalid_cursor")
+        stmt = stmt.where(Checkpoint.step_number < anchor)
+    rows = list(session.scalars(stmt.order_by(Checkpoint.step_number.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

@@ -1,0 +1,240 @@
+"""Fine-tuning jobs: create (validate, resolve, commit, enqueue), read, cancel, pause, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import new_id, utcnow
+from app.db.models import File, IdempotencyKey, Job, Organization
+from app.errors import IdempotencyConflict, InvalidJobState, InvalidRequest, JobNotFound, ModelNotFound
+from app.queue import TASK_RUN_JOB, Enqueuer, try_send
+from app.schemas.jobs import JobCreate
+from app.schemas.spec import resolve_spec
+from app.services.events import add_event
+from app.services.pagination import page_by_created
+from app.services.transitions import compare_and_set
+
+# A concurrent worker can move a job between our read and our write; retry that many times.
+CAS_ATTEMPTS = 3
+
+
+def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ft:{base}:{org}:{suffix}:{job short id}."""
+    org_slug = re.sub(r"[^a-z0-9-]+", "-", organization.lower()).strip("-") or "org"
+    return f"ft:{base}:{org_slug}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def _tenant_file(session: Session, organization_id: str, file_id: str, param: str) -> File:
+    record = session.scalar(
+        select(File).where(File.id == file_id, File.organization_id == organization_id)
+    )
+    if record is None:
+        raise InvalidRequest(f"no file with id {file_id!r}", param=param, code="file_not_found")
+    if record.purpose != "fine-tune":
+        raise InvalidRequest(f"file {file_id!r} was not uploaded for fine-tuning", param=param,
+                             code="invalid_file_purpose")
+    return record
+
+
+def _request_hash(body: JobCreate) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def _replay(session: Session, organization_id: str, key: str, body: JobCreate) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if any."""
+    record = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.organization_id == organization_id, IdempotencyKey.key == key
+        )
+    )
+    if record is None:
+        return None
+    if record.request_hash != _request_hash(body):
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different request body",
+            param="Idempotency-Key",
+        )
+    return session.get(Job, record.job_id)
+
+
+def _new_job(
+    session: Session, settings: Settings, organization_id: str, body: JobCreate
+) -> Job:
+    if body.model not in settings.catalog():
+        raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
+    training = _tenant_file(session, organization_id, body.training_file, "training_file")
+    if body.validation_file is not None:
+        _tenant_file(session, organization_id, body.validation_file, "validation_file")
+    try:
+        hyperparameters = body.requested_hyperparameters()
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="hyperparameters") from exc
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    spec = resolve_spec(
+        model=body.model,
+        seed=seed,
+        n_train_examples=int(training.stats.get("examples", 0)),
+        hyperparameters=hyperparameters,
+        lora=body.lora,
+        quantization=body.quantization,
+        training=body.training,
+    )
+    return Job(
+        id=new_id("ftjob"),
+        organization_id=organization_id,
+        model=body.model,
+        training_file_id=body.training_file,
+        validation_file_id=body.validation_file,
+        suffix=body.suffix,
+        seed=seed,
+        metadata_=body.metadata,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+        result_files=[],
+        attempt=0,
+    )
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    enqueuer: Enqueuer,
+    *,
+    organization_id: str,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Validate and resolve the request, commit the job, then enqueue it by task name."""
+    if idempotency_key is not None:
+        replayed = _replay(session, organization_id, idempotency_key, body)
+        if replayed is not None:
+            return replayed
+    job = _new_job(session, settings, organization_id, body)
+    session.add(job)
+    add_event(session, job, f"Created fine-tuning job: {job.id}")
+    add_event(session, job, "Validating training file: ok")
+    if idempotency_key is not None:
+        session.add(
+            IdempotencyKey(
+                organization_id=organization_id,
+                key=idempotency_key,
+                request_hash=_request_hash(body),
+                job_id=job.id,
+            )
+        )
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one key raced; the loser answers with the winner's job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replayed = _replay(session, organization_id, idempotency_key, body)
+        if replayed is None:
+            raise
+        return replayed
+    publish(session, settings, enqueuer, job)
+    return job
+
+
+def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> bool:
+    """Ring the bell for a committed queued job; record when it was sent."""
+    if not try_send(enqueuer, TASK_RUN_JOB, [job.id], settings.job_queue):
+        return False
+    compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=utcnow())
+    session.commit()
+    session.refresh(job)
+    return True
+
+
+def get_job(session: Session, organization_id: str, job_id: str) -> Job:
+    """The tenant's job, or 404 (another tenant's id included)."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id, Job.organization_id == organization_id)
+    )
+    if job is None:
+        raise JobNotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    organization_id: str,
+    *,
+    after: str | None,
+    limit: int,
+) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.organization_id == organization_id)
+    return page_by_created(
+        session, Job, stmt, organization_id=organization_id, after=after, limit=limit
+    )
+
+
+def _change(session: Session, job: Job, action: str, plan: dict[str, dict[str, object]]) -> Job:
+    """Apply the first entry of `plan` (status -> new values) that matches the job's status."""
+    for _ in range(CAS_ATTEMPTS):
+        values = plan.get(job.status)
+        if values is None:
+            raise InvalidJobState(f"cannot {action} a job that is {job.status}",
+                                  param="fine_tuning_job_id")
+        if compare_and_set(session, job.id, from_statuses={job.status}, **values):  # type: ignore[arg-type]
+            session.commit()
+            session.refresh(job)
+            return job
+        session.rollback()
+        session.refresh(job)
+    raise InvalidJobState(f"the job changed state while trying to {action} it; try again")
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """Queued and paused jobs end at once; a running job stops within one training step."""
+    if job.status == "cancelled":
+        return job
+    now = utcnow()
+    stop_now: dict[str, object] = {"to_status": "cancelled", "finished_at": now}
+    job = _change(session, job, "cancel", {
+        "validating_files": stop_now,
+        "queued": stop_now,
+        "paused": stop_now,
+        "running": {"cancel_requested": True},
+    })
+    if job.status == "cancelled":
+        add_event(session, job, "Fine-tuning job cancelled")
+    else:
+        add_event(session, job, "Cancellation requested; stopping after the current step")
+    session.commit()
+    return job
+
+
+def pause_job(session: Session, job: Job) -> Job:
+    """A queued job is held back; a running one checkpoints and then pauses."""
+    job = _change(session, job, "pause", {
+        "queued": {"to_status": "paused"},
+        "running": {"pause_requested": True},
+    })
+    add_event(session, job, "Pause requested" if job.status == "running" else "Job paused")
+    session.commit()
+    return job
+
+
+def resume_job(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> Job:
+    """A paused job goes back to the queue and continues from its newest checkpoint."""
+    job = _change(session, job, "resume", {
+        "paused": {"to_status": "queued", "pause_requested": False, "enqueued_at": None},
+    })
+    add_event(session, job, "Job resumed; queued")
+    session.commit()
+    publish(session, settings, enqueuer, job)
+    return job
+
+
+def organization_name(session: Session, organization_id: str) -> str:
+    organization = session.get(Organization, organization_id)
+    return organization.name if organization else organization_id

@@ -1,0 +1,148 @@
+"""Load a base model (4-bit, 8-bit or 16/32-bit), prepare it for k-bit training, add LoRA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from app.catalog import CatalogEntry
+from worker.training.builders import build_bnb_config, build_lora_config
+from worker.training.config import TrainingConfig
+from worker.training.errors import TrainingInputError
+from worker.training.tiny import CHAT_TEMPLATE, ensure_tiny_model
+
+
+@dataclass
+class LoadedModel:
+    """The trainable PEFT model and the tokenizer that goes with it."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    model_dir: Path
+
+
+def resolve_model_dir(entry: CatalogEntry, models_dir: Path) -> Path:
+    """A local directory holding the base model's safetensors weights; never downloads."""
+    if entry.builtin:
+        return ensure_tiny_model(models_dir)
+    if entry.path:
+        directory = Path(entry.path).expanduser()
+    else:
+        try:
+            directory = Path(
+                str(snapshot_download(entry.hub_id or "", revision=entry.revision, local_files_only=True))
+            )
+        except Exception as exc:  # huggingface_hub raises several types for a cache miss
+            raise TrainingInputError(
+                "model_not_found",
+                f"model {entry.id!r} ({entry.hub_id}@{entry.revision or 'main'}) is not in the "
+                "local Hugging Face cache; download it on the worker first",
+                "model",
+            ) from exc
+    check_model_dir(entry, directory)
+    return directory
+
+
+def check_model_dir(entry: CatalogEntry, directory: Path) -> None:
+    """Refuse a missing model and pickle-only weights (loading a pickle can run code)."""
+    if not (directory / "config.json").is_file():
+        raise TrainingInputError(
+            "model_not_found", f"model {entry.id!r}: no config.json in {directory}", "model"
+        )
+    if not any(directory.glob("*.safetensors")):
+        raise TrainingInputError(
+            "model_weights_not_safetensors",
+            f"model {entry.id!r} has no .safetensors weights; only safetensors are loaded "
+            "(pickle weights can run code). Convert the checkpoint to safetensors.",
+            "model",
+        )
+
+
+def load_tokenizer(model_dir: Path, entry: CatalogEntry) -> PreTrainedTokenizerBase:
+    """The base model's fast tokenizer, with a pad token and a chat template guaranteed."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=entry.trust_remote_code)
+    if not tokenizer.is_fast:
+        raise TrainingInputError(
+            "unsupported_tokenizer", f"model {entry.id!r} has no fast tokenizer", "model"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of loss and attention
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE  # base models often ship none; saved with the adapter
+    return tokenizer
+
+
+def load_base_model(
+    model_dir: Path,
+    entry: CatalogEntry,
+    *,
+    dtype: torch.dtype,
+    device: str,
+    quantization_config: BitsAndBytesConfig | None = None,
+) -> PreTrainedModel:
+    """Load safetensors weights only, remote code only when the catalog entry allows it."""
+    return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
+        model_dir,
+        quantization_config=quantization_config,
+        dtype=dtype,
+        device_map={"": device},
+        use_safetensors=True,
+        trust_remote_code=entry.trust_remote_code,
+        attn_implementation="sdpa",
+    )
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]) -> None:
+    """Name the unknown target module and the valid ones, before peft's terse error."""
+    if isinstance(target_modules, str):
+        return
+    linear_names = [
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+    ]
+    for key in target_modules:
+        if not any(name == key or name.endswith(f".{key}") for name in linear_names):
+            available = sorted({name.rsplit(".", 1)[-1] for name in linear_names})
+            raise TrainingInputError(
+                "unknown_target_module",
+                f"target module {key!r} is not a linear layer of this model; "
+                f"choose from {', '.join(available)} or use 'all-linear'",
+                "lora.target_modules",
+            )
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each block in backward; non-reentrant, so frozen inputs need no grad hack."""
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def load_model(config: TrainingConfig, models_dir: Path) -> LoadedModel:
+    """Base model quantized as the spec asks, prepared for k-bit training, wrapped in LoRA."""
+    model_dir = resolve_model_dir(config.model, models_dir)
+    tokenizer = load_tokenizer(model_dir, config.model)
+    base = load_base_model(
+        model_dir,
+        config.model,
+        dtype=config.torch_dtype,
+        device=config.device,
+        quantization_config=build_bnb_config(config),
+    )
+    if config.quantization.bits is not None:
+        # Casts the unquantized parameters (norms, embeddings, head) to fp32 for stable training.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if config.training.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+    check_target_modules(base, config.lora.target_modules)
+    model = get_peft_model(base, build_lora_config(config))
+    return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir)  # type: ignore[arg-type]
