@@ -228,18 +228,19 @@ def iter_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
         yield number, chunk.rstrip(b"\r\n")
 
 
-def decode_line(raw: bytes, line: int) -> object | list[Problem]:
-    """Decode one line's bytes as UTF-8 JSON, or say why it cannot be."""
+def parse_line(raw: bytes, line: int) -> Example | list[Problem]:
+    """Decode one line's bytes as UTF-8 JSON and parse it, or say why it cannot be."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _problem(line, "line", "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
     try:
-        return json.loads(text)
+        decoded = json.loads(text)
     except RecursionError:
         return _problem(line, "line", "invalid_json", "JSON nested too deeply")
     except ValueError as exc:
         return _problem(line, "line", "invalid_json", f"not valid JSON: {exc}")
+    return parse_example(decoded, line)
 
 
 def validate_stream(
@@ -261,8 +262,7 @@ def validate_stream(
             continue
         if not raw.strip():
             continue
-        decoded = decode_line(raw, line)
-        parsed = decoded if isinstance(decoded, list) else parse_example(decoded, line)
+        parsed = parse_line(raw, line)
         if isinstance(parsed, list):
             for problem in parsed:
                 report.add(problem, max_problems)
@@ -303,8 +303,7 @@ def read_examples(path: Path, *, max_line_bytes: int = 4 << 20) -> list[Example]
                 )
             if not raw.strip():
                 continue
-            decoded = decode_line(raw, line)
-            parsed = decoded if isinstance(decoded, list) else parse_example(decoded, line)
+            parsed = parse_line(raw, line)
             if isinstance(parsed, list):
                 raise DatasetError(parsed)
             examples.append(parsed)

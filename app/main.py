@@ -38,13 +38,36 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+def _param_path(loc: tuple[Any, ...], body: Any) -> str | None:
+    """The dotted field path of an error, without pydantic's union-member tags.
+
+    A loc part is kept when it names a key (or index) of the request body at that depth, or
+    when it is the last part (a missing field is absent from the body by definition).
+    """
+    parts: list[str] = []
+    current = body
+    for index, part in enumerate(loc[1:] if loc and loc[0] in _SOURCES else loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+        elif index < len(loc) - 2 or current is None or not isinstance(current, dict):
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path",
-                                                                            "header")]
-    param = ".".join(location) or None
+    loc = tuple(first.get("loc", ()))
+    param = _param_path(loc, exc.body if loc[:1] == ("body",) else None)
+    if param is None and len(loc) > 1:
+        param = str(loc[-1])
     body = _envelope(422, f"{param or 'request'}: {first.get('msg')}", param=param,
                      code="invalid_request_body")
     body["error"]["details"] = jsonable_encoder(

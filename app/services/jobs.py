@@ -118,6 +118,7 @@ def create_job(
             return replayed
     job = _new_job(session, settings, organization_id, body)
     session.add(job)
+    session.flush()  # the job row first: events and the idempotency key reference it
     add_event(session, job, f"Created fine-tuning job: {job.id}")
     add_event(session, job, "Validating training file: ok")
     if idempotency_key is not None:

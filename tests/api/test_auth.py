@@ -1,0 +1,51 @@
+"""API keys: missing, wrong and revoked keys get 401 in the OpenAI envelope."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import ApiKey
+from app.services.keys import hash_key, revoke_key
+from tests.factories import Tenant
+
+
+def test_missing_key_is_401(client: TestClient, tenant_a: Tenant):
+    response = client.get("/v1/files")
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_wrong_key_is_401(client: TestClient, tenant_a: Tenant):
+    response = client.get("/v1/files", headers={"Authorization": "Bearer lf-wrong"})
+    assert response.status_code == 401
+
+
+def test_revoked_key_is_401(client: TestClient, tenant_a: Tenant,
+                            session_factory: sessionmaker[Session]):
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 200
+    with session_factory() as session:
+        assert revoke_key(session, tenant_a.key_id)
+        session.commit()
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 401
+
+
+def test_only_the_hash_prefix_and_last_four_are_stored(
+    tenant_a: Tenant, session_factory: sessionmaker[Session]
+):
+    with session_factory() as session:
+        record = session.scalars(select(ApiKey).where(ApiKey.id == tenant_a.key_id)).one()
+        stored = [str(v) for v in record.__dict__.values()]
+    assert tenant_a.key not in stored
+    assert record.key_hash == hash_key(tenant_a.key)
+    assert record.last4 == tenant_a.key[-4:]
+    assert tenant_a.key.startswith(record.prefix)
+
+
+def test_health_needs_no_key(client: TestClient):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}

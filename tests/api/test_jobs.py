@@ -1,0 +1,232 @@
+"""Jobs API: create (validation, auto resolution, idempotency, enqueue after commit), read,
+list, cancel, pause, resume, events and checkpoints."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import Job
+from tests.conftest import RecordingEnqueuer, create_job, upload
+from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
+
+
+def test_create_resolves_auto_and_returns_openai_job(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    response = create_job(client, tenant_a, training_file, suffix="demo", seed=7,
+                          metadata={"team": "nlp"})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["object"] == "fine_tuning.job"
+    assert job["status"] == "queued"
+    assert job["seed"] == 7
+    assert job["metadata"] == {"team": "nlp"}
+    # 12 examples: OpenAI's rule gives ceil(100 / 12) = 9 epochs.
+    assert job["hyperparameters"] == {"n_epochs": 9, "batch_size": 4,
+                                      "learning_rate_multiplier": 1.0}
+    assert job["method"]["supervised"]["hyperparameters"] == job["hyperparameters"]
+    assert job["training"]["learning_rate"] == 2e-4
+    assert job["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear"}
+    assert job["quantization"]["quant_type"] == "nf4"
+    assert job["quantization"]["double_quant"] is True
+    assert job["attempt"] == 0
+    for hidden in ("lease_owner", "spec", "organization", "storage_key"):
+        assert hidden not in job
+
+
+def test_explicit_hyperparameters_in_method_are_kept(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    method = {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5}}}
+    job = create_job(client, tenant_a, training_file, method=method,
+                     lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+                     training={"max_steps": 30, "packing": True}).json()
+    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 8,
+                                      "learning_rate_multiplier": 0.5}
+    assert job["training"]["learning_rate"] == 1e-4
+    assert job["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert job["training"]["packing"] is True
+
+
+def test_deprecated_top_level_hyperparameters_are_accepted(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    job = create_job(client, tenant_a, training_file, hyperparameters={"n_epochs": 4}).json()
+    assert job["hyperparameters"]["n_epochs"] == 4
+
+
+def test_unknown_model_is_400_model_not_found(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    response = create_job(client, tenant_a, training_file, model="gpt-9")
+    assert response.status_code == 400
+    assert response.json()["error"] | {"message": ""} == {
+        "message": "", "type": "invalid_request_error", "param": "model", "code": "model_not_found"
+    }
+
+
+def test_unknown_training_file_is_400(client: TestClient, tenant_a: Tenant):
+    response = create_job(client, tenant_a, "file-doesnotexist")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "training_file"
+    assert response.json()["error"]["code"] == "file_not_found"
+
+
+def test_out_of_bounds_and_unknown_fields_are_refused(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    cases = [
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"training": {"learning_rate": 1.0}}, "training.learning_rate"),
+        ({"quantization": {"bits": 3}}, "quantization.bits"),
+        ({"suffix": "has space"}, "suffix"),
+        ({"status": "succeeded"}, "status"),
+        ({"organization_id": "org-x"}, "organization_id"),
+        ({"training": {"lr": 1e-4}}, "training.lr"),
+    ]
+    for fields, param in cases:
+        response = create_job(client, tenant_a, training_file, **fields)
+        assert response.status_code == 422, (fields, response.text)
+        assert response.json()["error"]["param"] == param
+        assert response.json()["error"]["code"] == "invalid_request_body"
+
+
+def test_job_is_committed_before_it_is_enqueued_by_name(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
+):
+    job = create_job(client, tenant_a, training_file).json()
+    (sent,) = enqueuer.sent
+    assert sent.task_name == "training.run_job"
+    assert sent.args == [job["id"]]
+    assert sent.queue == "training"
+    # Another session saw the committed row at the moment of publishing.
+    assert sent.committed_status == "queued"
+
+
+def test_enqueue_failure_still_creates_the_job(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer,
+    session_factory: sessionmaker[Session],
+):
+    enqueuer.fail = True
+    response = create_job(client, tenant_a, training_file)
+    assert response.status_code == 200
+    with session_factory() as session:
+        job = session.get(Job, response.json()["id"])
+        assert job is not None
+        assert job.status == "queued"
+        assert job.enqueued_at is None  # the reaper's signal to publish it again
+
+
+def test_idempotency_key_returns_the_same_job(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
+):
+    headers = {**tenant_a.headers, "Idempotency-Key": "retry-1"}
+    body = {"model": "loraforge/tiny-random-llama", "training_file": training_file}
+    first = client.post("/v1/fine_tuning/jobs", headers=headers, json=body).json()
+    second = client.post("/v1/fine_tuning/jobs", headers=headers, json=body).json()
+    assert first["id"] == second["id"]
+    assert len(enqueuer.sent) == 1
+    other = client.post("/v1/fine_tuning/jobs", headers=headers, json={**body, "suffix": "x"})
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_list_pages_newest_first(client: TestClient, tenant_a: Tenant, training_file: str):
+    ids = [create_job(client, tenant_a, training_file).json()["id"] for _ in range(5)]
+    page = client.get("/v1/fine_tuning/jobs?limit=3", headers=tenant_a.headers).json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:3]
+    assert page["has_more"] is True
+    rest = client.get(f"/v1/fine_tuning/jobs?after={page['data'][-1]['id']}",
+                      headers=tenant_a.headers).json()
+    assert [j["id"] for j in rest["data"]] == ids[::-1][3:]
+    assert rest["has_more"] is False
+
+
+def test_cancel_queued_job_ends_it_and_is_idempotent(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    cancelled = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=tenant_a.headers)
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    again = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=tenant_a.headers)
+    assert again.status_code == 200
+    assert again.json()["status"] == "cancelled"
+    pause = client.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=tenant_a.headers)
+    assert pause.status_code == 409
+    assert pause.json()["error"]["code"] == "invalid_job_state"
+
+
+def test_cancel_running_job_sets_the_flag_for_the_worker(
+    client: TestClient, tenant_a: Tenant, training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    with session_factory() as session:
+        session.get_one(Job, job_id).status = "running"
+        session.commit()
+    job = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=tenant_a.headers).json()
+    assert job["status"] == "running"
+    assert job["cancel_requested"] is True
+
+
+def test_pause_and_resume_a_queued_job_requeues_it(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    paused = client.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=tenant_a.headers).json()
+    assert paused["status"] == "paused"
+    resumed = client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=tenant_a.headers)
+    assert resumed.json()["status"] == "queued"
+    assert [s.args for s in enqueuer.sent] == [[job_id], [job_id]]
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/resume",
+                       headers=tenant_a.headers).status_code == 409
+
+
+def test_events_list_newest_first_with_cursor(
+    client: TestClient, tenant_a: Tenant, training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    with session_factory() as session:
+        add_metrics(session, session.get_one(Job, job_id), steps=5)
+        session.commit()
+    page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=4",
+                      headers=tenant_a.headers).json()
+    assert [e["data"]["step"] for e in page["data"]] == [5, 4, 3, 2]
+    assert all(e["object"] == "fine_tuning.job.event" and e["type"] == "metrics"
+               for e in page["data"])
+    rest = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?after={page['data'][-1]['id']}",
+                      headers=tenant_a.headers).json()
+    assert [e["type"] for e in rest["data"]] == ["metrics", "message", "message"]
+    assert rest["data"][-1]["message"].startswith("Created fine-tuning job")
+    assert rest["has_more"] is False
+
+
+def test_checkpoints_list_newest_step_first(
+    client: TestClient, tenant_a: Tenant, training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    with session_factory() as session:
+        job = session.get_one(Job, job_id)
+        for step, loss in ((10, 1.5), (20, 1.1), (30, 0.8)):
+            add_checkpoint(session, job, step, loss)
+        session.commit()
+    page = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=2",
+                      headers=tenant_a.headers).json()
+    assert [c["step_number"] for c in page["data"]] == [30, 20]
+    assert page["data"][0]["metrics"]["train_loss"] == 0.8
+    assert page["data"][0]["object"] == "fine_tuning.job.checkpoint"
+    assert page["has_more"] is True
+
+
+def test_validation_file_must_belong_to_the_tenant(
+    client: TestClient, tenant_a: Tenant, tenant_b: Tenant, training_file: str
+):
+    foreign = upload(client, tenant_b, chat_dataset(12)).json()["id"]
+    response = create_job(client, tenant_a, training_file, validation_file=foreign)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "validation_file"
