@@ -10,8 +10,11 @@ import typer
 
 from app.config import get_settings
 
-cli = typer.Typer(help="loraforge: QLoRA fine-tuning with an OpenAI-compatible API.",
-                  no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="loraforge: QLoRA fine-tuning with an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 
@@ -77,15 +80,19 @@ def keys_list(
 
     with session_scope(_session_factory()) as session:
         for key, organization in list_keys(session, org):
-            typer.echo(json.dumps({
-                "id": key.id,
-                "organization": organization,
-                "name": key.name,
-                "redacted": f"{key.prefix}...{key.last4}",
-                "created_at": unix(key.created_at),
-                "last_used_at": unix(key.last_used_at),
-                "revoked_at": unix(key.revoked_at),
-            }))
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": key.id,
+                        "organization": organization,
+                        "name": key.name,
+                        "redacted": f"{key.prefix}...{key.last4}",
+                        "created_at": unix(key.created_at),
+                        "last_used_at": unix(key.last_used_at),
+                        "revoked_at": unix(key.revoked_at),
+                    }
+                )
+            )
 
 
 @keys_cli.command("revoke")

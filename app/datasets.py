@@ -52,9 +52,12 @@ class Example:
 
     @property
     def characters(self) -> int:
-        return sum(len(m.content) for m in self.messages) + len(self.prompt) + len(
-            self.completion
-        ) + len(self.text)
+        return (
+            sum(len(m.content) for m in self.messages)
+            + len(self.prompt)
+            + len(self.completion)
+            + len(self.text)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +123,17 @@ def _parse_message(raw: object, line: int, index: int) -> Message | list[Problem
     unknown = sorted(set(raw) - MESSAGE_KEYS)
     if unknown:
         return _problem(
-            line, f"{where}.{unknown[0]}", "message_unrecognized_key",
+            line,
+            f"{where}.{unknown[0]}",
+            "message_unrecognized_key",
             f"unrecognized key {unknown[0]!r}; allowed: role, content, weight, name",
         )
     role = raw.get("role")
     if role not in ROLES:
         return _problem(
-            line, f"{where}.role", "unrecognized_role",
+            line,
+            f"{where}.role",
+            "unrecognized_role",
             f"role must be one of system, user, assistant (got {role!r})",
         )
     content = raw.get("content")
@@ -139,7 +146,10 @@ def _parse_message(raw: object, line: int, index: int) -> Message | list[Problem
         return _problem(line, f"{where}.weight", "invalid_weight", "weight must be 0 or 1")
     if weight is not None and role != "assistant":
         return _problem(
-            line, f"{where}.weight", "invalid_weight", "weight is only allowed on assistant messages"
+            line,
+            f"{where}.weight",
+            "invalid_weight",
+            "weight is only allowed on assistant messages",
         )
     return Message(role=role, content=content, weight=weight)  # type: ignore[arg-type]
 
@@ -158,12 +168,16 @@ def _parse_chat(obj: dict[str, object], line: int) -> Example | list[Problem]:
         messages.append(parsed)
     if not any(m.role == "assistant" for m in messages):
         return _problem(
-            line, "messages", "example_missing_assistant_message",
+            line,
+            "messages",
+            "example_missing_assistant_message",
             "each example needs at least one assistant message to learn from",
         )
     if not any(m.trained for m in messages):
         return _problem(
-            line, "messages", "example_no_trained_message",
+            line,
+            "messages",
+            "example_no_trained_message",
             "every assistant message has weight 0, so this example teaches nothing",
         )
     return Example(format="chat", messages=tuple(messages))
@@ -202,7 +216,9 @@ def parse_example(obj: object, line: int) -> Example | list[Problem]:
     if kind == "text":
         return _parse_text(obj, line)
     return _problem(
-        line, "line", "unrecognized_format",
+        line,
+        "line",
+        "unrecognized_format",
         'expected "messages", "prompt"/"completion" or "text"',
     )
 
@@ -224,7 +240,7 @@ def iter_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
             yield number, None
             continue
         if number == 1 and chunk.startswith(UTF8_BOM):
-            chunk = chunk[len(UTF8_BOM):]
+            chunk = chunk[len(UTF8_BOM) :]
         yield number, chunk.rstrip(b"\r\n")
 
 
@@ -272,7 +288,9 @@ def validate_stream(
         elif parsed.format != stats.format:
             report.add(
                 Problem(
-                    line, "line", "mixed_formats",
+                    line,
+                    "line",
+                    "mixed_formats",
                     f"this line is {parsed.format} but the file started as {stats.format}",
                 ),
                 max_problems,
@@ -284,7 +302,9 @@ def validate_stream(
     if report.problem_count == 0 and stats.examples < min_examples:
         report.add(
             Problem(
-                0, "file", "too_few_examples",
+                0,
+                "file",
+                "too_few_examples",
                 f"{stats.examples} examples; at least {min_examples} are required",
             ),
             max_problems,

@@ -23,13 +23,19 @@ from app.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
-HTTP_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+HTTP_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+}
 
 
-def _envelope(status: int, message: str, *, param: str | None, code: str, type_: str | None = None
-              ) -> dict[str, Any]:
-    error_type = type_ or ("server_error" if status >= 500 else HTTP_ERROR_TYPES.get(
-        status, "invalid_request_error"))
+def _envelope(
+    status: int, message: str, *, param: str | None, code: str, type_: str | None = None
+) -> dict[str, Any]:
+    error_type = type_ or (
+        "server_error" if status >= 500 else HTTP_ERROR_TYPES.get(status, "invalid_request_error")
+    )
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -38,22 +44,27 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+def _present(container: Any, part: Any) -> bool:
+    if isinstance(container, dict):
+        return part in container
+    return isinstance(container, list) and isinstance(part, int) and 0 <= part < len(container)
+
+
 def _param_path(loc: tuple[Any, ...], body: Any) -> str | None:
     """The dotted field path of an error, without pydantic's union-member tags.
 
-    A loc part is kept when it names a key (or index) of the request body at that depth, or
-    when it is the last part (a missing field is absent from the body by definition).
+    A part is kept when it is a key (or index) present in the body at that depth, or when it
+    is the last part and names a field missing from an object.
     """
+    path = loc[1:] if loc and loc[0] in _SOURCES else loc
     parts: list[str] = []
     current = body
-    for index, part in enumerate(loc[1:] if loc and loc[0] in _SOURCES else loc):
-        if isinstance(current, dict) and part in current:
+    for index, part in enumerate(path):
+        if _present(current, part):
             current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
-            current = current[part]
-        elif index < len(loc) - 2 or current is None or not isinstance(current, dict):
-            continue
-        parts.append(str(part))
+            parts.append(str(part))
+        elif index == len(path) - 1 and isinstance(current, dict):
+            parts.append(str(part))
     return ".".join(parts) or None
 
 
@@ -68,8 +79,9 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     param = _param_path(loc, exc.body if loc[:1] == ("body",) else None)
     if param is None and len(loc) > 1:
         param = str(loc[-1])
-    body = _envelope(422, f"{param or 'request'}: {first.get('msg')}", param=param,
-                     code="invalid_request_body")
+    body = _envelope(
+        422, f"{param or 'request'}: {first.get('msg')}", param=param, code="invalid_request_body"
+    )
     body["error"]["details"] = jsonable_encoder(
         [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
     )
@@ -79,8 +91,11 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(_envelope(exc.status_code, str(exc.detail), param=None, code=code),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        _envelope(exc.status_code, str(exc.detail), param=None, code=code),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

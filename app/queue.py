@@ -41,8 +41,12 @@ class CeleryEnqueuer:
         return self._app
 
     def send(self, task_name: str, args: list[Any], queue: str) -> None:
-        retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
-                        "interval_max": 1.0}
+        retry_policy = {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        }
         self._celery().send_task(
             task_name, args=args, queue=queue, retry=True, retry_policy=retry_policy
         )
@@ -53,7 +57,8 @@ def try_send(enqueuer: Enqueuer, task_name: str, args: list[Any], queue: str) ->
     try:
         enqueuer.send(task_name, args, queue)
     except Exception:
-        log.warning("could not enqueue %s%s; the reaper will re-publish", task_name, args,
-                    exc_info=True)
+        log.warning(
+            "could not enqueue %s%s; the reaper will re-publish", task_name, args, exc_info=True
+        )
         return False
     return True

@@ -17,7 +17,9 @@ from app.schemas.spec import (
     TrainingSpec,
 )
 
-JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+JobStatus = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
@@ -28,9 +30,9 @@ class JobCreate(StrictModel):
     model: Annotated[str, Field(min_length=1, max_length=255)]
     training_file: Annotated[str, Field(min_length=1, max_length=64)]
     validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    suffix: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] | None = (
-        None
-    )
+    suffix: (
+        Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] | None
+    ) = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
     method: Method | None = None

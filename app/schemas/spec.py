@@ -51,9 +51,9 @@ class LoraSpec(StrictModel):
     alpha: Annotated[float, Field(gt=0, le=1024)] = 32
     dropout: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     # "all-linear" = every linear layer of the transformer blocks (QLoRA's setting).
-    target_modules: Literal["all-linear"] | Annotated[list[str], Field(min_length=1, max_length=64)] = (
-        "all-linear"
-    )
+    target_modules: (
+        Literal["all-linear"] | Annotated[list[str], Field(min_length=1, max_length=64)]
+    ) = "all-linear"
 
 
 class QuantizationSpec(StrictModel):

@@ -80,8 +80,9 @@ def list_checkpoints(
             )
         )
         if anchor is None:
-            raise InvalidRequest(f"no checkpoint {after!r} on this job", param="after",
-                                 code="invalid_cursor")
+            raise InvalidRequest(
+                f"no checkpoint {after!r} on this job", param="after", code="invalid_cursor"
+            )
         stmt = stmt.where(Checkpoint.step_number < anchor)
     rows = list(session.scalars(stmt.order_by(Checkpoint.step_number.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -27,7 +27,9 @@ def storage_key(organization_id: str, file_id: str) -> str:
 def check_purpose(purpose: str | None) -> str:
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
-            f"purpose must be 'fine-tune' (got {purpose!r})", param="purpose", code="invalid_purpose"
+            f"purpose must be 'fine-tune' (got {purpose!r})",
+            param="purpose",
+            code="invalid_purpose",
         )
     return purpose
 
@@ -47,8 +49,9 @@ def store_upload(
     """
     purpose = check_purpose(upload.fields.get("purpose"))
     if upload.filename is None:
-        raise InvalidRequest("no file part named 'file' in the form", param="file",
-                             code="missing_file")
+        raise InvalidRequest(
+            "no file part named 'file' in the form", param="file", code="missing_file"
+        )
     with temp_path.open("rb") as stream:
         report = validate_stream(
             stream,

@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.base import new_id, utcnow
 from app.db.models import File, IdempotencyKey, Job, Organization
-from app.errors import IdempotencyConflict, InvalidJobState, InvalidRequest, JobNotFound, ModelNotFound
+from app.errors import (
+    IdempotencyConflict,
+    InvalidJobState,
+    InvalidRequest,
+    JobNotFound,
+    ModelNotFound,
+)
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate
 from app.schemas.spec import resolve_spec
@@ -38,8 +44,11 @@ def _tenant_file(session: Session, organization_id: str, file_id: str, param: st
     if record is None:
         raise InvalidRequest(f"no file with id {file_id!r}", param=param, code="file_not_found")
     if record.purpose != "fine-tune":
-        raise InvalidRequest(f"file {file_id!r} was not uploaded for fine-tuning", param=param,
-                             code="invalid_file_purpose")
+        raise InvalidRequest(
+            f"file {file_id!r} was not uploaded for fine-tuning",
+            param=param,
+            code="invalid_file_purpose",
+        )
     return record
 
 
@@ -64,9 +73,7 @@ def _replay(session: Session, organization_id: str, key: str, body: JobCreate) -
     return session.get(Job, record.job_id)
 
 
-def _new_job(
-    session: Session, settings: Settings, organization_id: str, body: JobCreate
-) -> Job:
+def _new_job(session: Session, settings: Settings, organization_id: str, body: JobCreate) -> Job:
     if body.model not in settings.catalog():
         raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
@@ -183,8 +190,9 @@ def _change(session: Session, job: Job, action: str, plan: dict[str, dict[str, o
     for _ in range(CAS_ATTEMPTS):
         values = plan.get(job.status)
         if values is None:
-            raise InvalidJobState(f"cannot {action} a job that is {job.status}",
-                                  param="fine_tuning_job_id")
+            raise InvalidJobState(
+                f"cannot {action} a job that is {job.status}", param="fine_tuning_job_id"
+            )
         if compare_and_set(session, job.id, from_statuses={job.status}, **values):  # type: ignore[arg-type]
             session.commit()
             session.refresh(job)
@@ -200,12 +208,17 @@ def cancel_job(session: Session, job: Job) -> Job:
         return job
     now = utcnow()
     stop_now: dict[str, object] = {"to_status": "cancelled", "finished_at": now}
-    job = _change(session, job, "cancel", {
-        "validating_files": stop_now,
-        "queued": stop_now,
-        "paused": stop_now,
-        "running": {"cancel_requested": True},
-    })
+    job = _change(
+        session,
+        job,
+        "cancel",
+        {
+            "validating_files": stop_now,
+            "queued": stop_now,
+            "paused": stop_now,
+            "running": {"cancel_requested": True},
+        },
+    )
     if job.status == "cancelled":
         add_event(session, job, "Fine-tuning job cancelled")
     else:
@@ -216,10 +229,15 @@ def cancel_job(session: Session, job: Job) -> Job:
 
 def pause_job(session: Session, job: Job) -> Job:
     """A queued job is held back; a running one checkpoints and then pauses."""
-    job = _change(session, job, "pause", {
-        "queued": {"to_status": "paused"},
-        "running": {"pause_requested": True},
-    })
+    job = _change(
+        session,
+        job,
+        "pause",
+        {
+            "queued": {"to_status": "paused"},
+            "running": {"pause_requested": True},
+        },
+    )
     add_event(session, job, "Pause requested" if job.status == "running" else "Job paused")
     session.commit()
     return job
@@ -227,9 +245,14 @@ def pause_job(session: Session, job: Job) -> Job:
 
 def resume_job(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> Job:
     """A paused job goes back to the queue and continues from its newest checkpoint."""
-    job = _change(session, job, "resume", {
-        "paused": {"to_status": "queued", "pause_requested": False, "enqueued_at": None},
-    })
+    job = _change(
+        session,
+        job,
+        "resume",
+        {
+            "paused": {"to_status": "queued", "pause_requested": False, "enqueued_at": None},
+        },
+    )
     add_event(session, job, "Job resumed; queued")
     session.commit()
     publish(session, settings, enqueuer, job)

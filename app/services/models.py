@@ -40,8 +40,13 @@ def _fine_tuned_public(job: Job) -> ModelPublic:
 
 def list_models(session: Session, settings: Settings, organization_id: str) -> list[ModelPublic]:
     catalog = [
-        ModelPublic(id=entry.id, created=CATALOG_CREATED, owned_by=entry.owned_by, kind="base",
-                    description=entry.description or None)
+        ModelPublic(
+            id=entry.id,
+            created=CATALOG_CREATED,
+            owned_by=entry.owned_by,
+            kind="base",
+            description=entry.description or None,
+        )
         for entry in settings.catalog().values()
     ]
     return catalog + [_fine_tuned_public(job) for job in _fine_tuned(session, organization_id)]
@@ -57,11 +62,18 @@ def _fine_tuned_job(session: Session, organization_id: str, model: str) -> Job |
     )
 
 
-def get_model(session: Session, settings: Settings, organization_id: str, model: str) -> ModelPublic:
+def get_model(
+    session: Session, settings: Settings, organization_id: str, model: str
+) -> ModelPublic:
     entry = settings.catalog().get(model)
     if entry is not None:
-        return ModelPublic(id=entry.id, created=CATALOG_CREATED, owned_by=entry.owned_by,
-                           kind="base", description=entry.description or None)
+        return ModelPublic(
+            id=entry.id,
+            created=CATALOG_CREATED,
+            owned_by=entry.owned_by,
+            kind="base",
+            description=entry.description or None,
+        )
     job = _fine_tuned_job(session, organization_id, model)
     if job is None:
         raise NotFound(f"no model {model!r}", param="model", code="model_not_found")
@@ -71,8 +83,11 @@ def get_model(session: Session, settings: Settings, organization_id: str, model:
 def delete_model(session: Session, settings: Settings, organization_id: str, model: str) -> None:
     """Hide a fine-tuned model; its job and artifacts stay for the record."""
     if model in settings.catalog():
-        raise InvalidRequest(f"{model!r} is a base model and cannot be deleted", param="model",
-                             code="model_not_deletable")
+        raise InvalidRequest(
+            f"{model!r} is a base model and cannot be deleted",
+            param="model",
+            code="model_not_deletable",
+        )
     job = _fine_tuned_job(session, organization_id, model)
     if job is None:
         raise NotFound(f"no model {model!r}", param="model", code="model_not_found")

@@ -15,7 +15,7 @@ Row = TypeVar("Row")
 def page_by_created(
     session: Session,
     model: type[Row],
-    stmt: Select[tuple[Row]],
+    stmt: Select[Row],
     *,
     organization_id: str,
     after: str | None,
@@ -30,8 +30,9 @@ def page_by_created(
             )
         ).scalar_one_or_none()
         if anchor is None:
-            raise InvalidRequest(f"no object with id {after!r} to page after", param="after",
-                                 code="invalid_cursor")
+            raise InvalidRequest(
+                f"no object with id {after!r} to page after", param="after", code="invalid_cursor"
+            )
         stmt = stmt.where(
             or_(table.created_at < anchor, and_(table.created_at == anchor, table.id < after))
         )

@@ -94,15 +94,19 @@ class MultipartReceiver:
         if self._part.name == "file" and self._part.filename is not None:
             self.result.bytes += end - start
             if self.result.bytes > self.max_file_bytes:
-                raise PayloadTooLarge(f"the file is over the {self.max_file_bytes} byte limit",
-                                      param="file")
+                raise PayloadTooLarge(
+                    f"the file is over the {self.max_file_bytes} byte limit", param="file"
+                )
             self.sink.write(data[start:end])
             self._digest.update(data[start:end])
             return
         self._part.data.extend(data[start:end])
         if len(self._part.data) > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"form field {self._part.name!r} is too long",
-                                 param=self._part.name or None, code="field_too_long")
+            raise InvalidRequest(
+                f"form field {self._part.name!r} is too long",
+                param=self._part.name or None,
+                code="field_too_long",
+            )
 
     def _on_part_end(self) -> None:
         if self._part.name == "file" and self._part.filename is not None:
@@ -126,15 +130,17 @@ async def receive_upload(
     body: AsyncIterator[bytes], content_type: str | None, sink_path: Path, max_file_bytes: int
 ) -> ReceivedUpload:
     """Stream a multipart body to `sink_path`; raises 413 as soon as the cap is passed."""
-    receiver = MultipartReceiver(multipart_boundary(content_type), sink_path.open("wb"),
-                                 max_file_bytes)
+    receiver = MultipartReceiver(
+        multipart_boundary(content_type), sink_path.open("wb"), max_file_bytes
+    )
     total = 0
     try:
         async for chunk in body:
             total += len(chunk)
             if total > max_file_bytes + ENVELOPE_ALLOWANCE:
-                raise PayloadTooLarge(f"the upload is over the {max_file_bytes} byte limit",
-                                      param="file")
+                raise PayloadTooLarge(
+                    f"the upload is over the {max_file_bytes} byte limit", param="file"
+                )
             receiver.feed(chunk)
         return receiver.finish()
     finally:

@@ -52,10 +52,14 @@ async def create_file(
 ) -> FilePublic:
     """Upload a JSONL dataset; every line is validated before the file is kept."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        if int(declared) > settings.max_upload_bytes + ENVELOPE_ALLOWANCE:
-            raise PayloadTooLarge(f"the upload is over the {settings.max_upload_bytes} byte limit",
-                                  param="file")
+    if (
+        declared
+        and declared.isdigit()
+        and (int(declared) > settings.max_upload_bytes + ENVELOPE_ALLOWANCE)
+    ):
+        raise PayloadTooLarge(
+            f"the upload is over the {settings.max_upload_bytes} byte limit", param="file"
+        )
     temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
     try:
         upload = await receive_upload(

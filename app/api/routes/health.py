@@ -31,5 +31,7 @@ async def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     ok, detail = await run_in_threadpool(broker_reachable, settings.resolved_broker_url())
     checks["broker"] = "ok" if ok else f"error: {detail}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

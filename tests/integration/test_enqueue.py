@@ -1,0 +1,74 @@
+"""The enqueue boundary with real brokers: after POST /v1/fine_tuning/jobs commits, a Celery
+message named `training.run_job` carrying the job id sits in the queue (Redis and the
+embedded SQLite broker)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import create_job, upload
+from tests.factories import chat_dataset, create_tenant
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture(params=["redis", "sqlite-broker"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return REDIS_URL
+    return f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+
+
+@pytest.fixture
+def queue_name(broker_url: str) -> Iterator[str]:
+    name = f"test-training-{secrets.token_hex(4)}"
+    yield name
+    with Connection(broker_url) as connection:
+        connection.SimpleQueue(name).queue.delete()
+
+
+def test_created_job_is_published_by_task_name(tmp_path: Path, broker_url: str, queue_name: str):
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        broker_url=broker_url,
+        job_queue=queue_name,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    with TestClient(create_app(settings)) as client:
+        tenant = create_tenant(client.app.state.session_factory, "acme")  # type: ignore[attr-defined]
+        file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
+        job = create_job(client, tenant, file_id).json()
+    with Connection(broker_url) as connection:
+        queue = connection.SimpleQueue(queue_name)
+        message = queue.get(timeout=10)
+        message.ack()
+    assert message.headers["task"] == "training.run_job"
+    args, kwargs, _embed = message.payload
+    assert args == [job["id"]]
+    assert kwargs == {}
+
+
+def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path):
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        broker_url="redis://127.0.0.1:1/0",
+        enqueue_timeout_s=0.5,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    with TestClient(create_app(settings)) as client:
+        tenant = create_tenant(client.app.state.session_factory, "acme")  # type: ignore[attr-defined]
+        file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
+        response = create_job(client, tenant, file_id)
+        assert response.status_code == 200
+        assert response.json()["status"] == "queued"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["broker"].startswith("error")
