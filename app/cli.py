@@ -54,6 +54,30 @@ def api(
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes to supervise")] = 1,
+) -> None:
+    """API plus supervised workers on one machine (SQLite and its broker by default)."""
+    from app.supervisor import serve as run
+
+    run(get_settings(), host, port, workers)
+
+
+@cli.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues (default: all)")] = "",
+    reaper: Annotated[bool, typer.Option(help="Run the reaper in this worker")] = True,
+) -> None:
+    """A Celery worker: one job at a time, leases, and the reaper."""
+    # Training pulls in torch: imported here, never in the API process.
+    from worker.main import run_worker
+
+    run_worker(get_settings(), [q for q in queues.split(",") if q] or None, reaper=reaper)
+
+
 @keys_cli.command("create")
 def keys_create(
     org: Annotated[str, typer.Option("--org", help="Organization name (created if new)")],

@@ -34,6 +34,26 @@ class Settings(BaseSettings):
     export_queue: str = "exports"
     # Celery's broker connection for enqueue: fail fast instead of retrying for minutes.
     enqueue_timeout_s: float = 5.0
+    # GPU classes: queue name -> device memory in bytes. Empty: every job goes to job_queue and
+    # no fit check happens at creation. Set, a job goes to the smallest queue it fits in and a
+    # job that fits none is refused.
+    queue_memory: dict[str, int] = Field(default_factory=dict)
+    # A worker's own device memory; detected (CUDA) when unset, unlimited on the CPU.
+    worker_memory_bytes: int | None = None
+    # Leases (DESIGN §3): a running job's worker extends its lease every heartbeat; the reaper
+    # re-queues a job whose lease expired, up to max_attempts attempts.
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 15.0
+    max_attempts: int = 3
+    reaper_interval_s: float = 15.0
+    # A queued job nobody claimed is published again after this long (a lost message).
+    requeue_after_s: float = 300.0
+    # Metrics events are written in batches, never one commit per step (SQLite has one writer).
+    metrics_flush_s: float = 2.0
+    # Server-sent event streams poll the database this often, and send a keep-alive comment
+    # after this long without an event (proxies drop idle connections).
+    event_poll_interval_s: float = 0.5
+    event_keepalive_s: float = 15.0
     run_migrations_on_start: bool = True
     log_level: str = "INFO"
 

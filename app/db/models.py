@@ -81,6 +81,8 @@ class Job(Base):
     # The resolved app.schemas.spec.ResolvedSpec: every "auto" already filled in.
     spec: Mapped[dict[str, Any]] = mapped_column(Json)
     status: Mapped[str] = mapped_column(String(32))
+    # The Celery queue (GPU class) the job was routed to; the reaper publishes there again.
+    queue: Mapped[str] = mapped_column(String(64), server_default="training")
     fine_tuned_model: Mapped[str | None] = mapped_column(String(255))
     model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)

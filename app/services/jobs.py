@@ -23,6 +23,7 @@ from app.errors import (
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate
 from app.schemas.spec import resolve_spec
+from app.services.capacity import route
 from app.services.events import add_event
 from app.services.pagination import page_by_created
 from app.services.transitions import compare_and_set
@@ -95,6 +96,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
     )
     return Job(
         id=new_id("ftjob"),
+        queue=route(settings, spec),
         organization_id=organization_id,
         model=body.model,
         training_file_id=body.training_file,
@@ -154,7 +156,7 @@ def create_job(
 
 def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> bool:
     """Ring the bell for a committed queued job; record when it was sent."""
-    if not try_send(enqueuer, TASK_RUN_JOB, [job.id], settings.job_queue):
+    if not try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue):
         return False
     compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=utcnow())
     session.commit()

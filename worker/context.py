@@ -1,0 +1,63 @@
+"""What a worker process holds for its lifetime: settings, database, storage, identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, get_settings
+from app.db.session import make_engine, make_session_factory
+from app.storage import LocalStorage
+from worker.lifecycle import worker_identity
+
+if TYPE_CHECKING:
+    from app.queue import Enqueuer
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    storage: LocalStorage
+    identity: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerContext:
+        engine = make_engine(settings.resolved_database_url())
+        return cls(
+            settings,
+            make_session_factory(engine),
+            LocalStorage(settings.data_dir),
+            worker_identity(),
+        )
+
+    @cached_property
+    def enqueuer(self) -> Enqueuer:
+        from app.queue import CeleryEnqueuer
+
+        return CeleryEnqueuer(self.settings)
+
+    @cached_property
+    def device_memory_bytes(self) -> int | None:
+        """This worker's accelerator memory; None (no limit) on the CPU."""
+        if self.settings.worker_memory_bytes is not None:
+            return self.settings.worker_memory_bytes
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory)
+        return None
+
+
+_context: WorkerContext | None = None
+
+
+def current_context() -> WorkerContext:
+    """The process's context, built on first use from the environment's settings."""
+    global _context
+    if _context is None:
+        _context = WorkerContext.from_settings(get_settings())
+    return _context

@@ -1,0 +1,72 @@
+"""ExportRunner: merge a succeeded job's adapter into its 16-bit base, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from app.db.base import utcnow
+from app.db.models import Export, Job
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def _set_export(context: WorkerContext, export_id: str, from_status: str, **values: object) -> bool:
+    with context.session_factory() as session:
+        result = session.execute(
+            update(Export)
+            .where(Export.id == export_id, Export.status == from_status)
+            .values(**values)
+        )
+        session.commit()
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def run_export(context: WorkerContext, export_id: str) -> str | None:
+    """queued -> running -> succeeded | failed; a duplicate message finds it claimed and exits."""
+    if not _set_export(context, export_id, "queued", status="running"):
+        return None
+    settings = context.settings
+    try:
+        from worker.training.export import export_merged
+
+        with context.session_factory() as session:
+            export = session.get_one(Export, export_id)
+            job = session.get_one(Job, export.job_id)
+            base = settings.catalog()[job.model]
+        output = settings.data_dir / "exports" / export_id
+        result = export_merged(
+            base,
+            settings.jobs_dir / job.id / "adapter",
+            output,
+            settings.models_dir,
+            dtype=export.dtype,
+        )
+    except Exception:
+        log.exception("export %s failed", export_id)
+        error = {
+            "code": "internal_error",
+            "message": "the export failed on our side",
+            "param": None,
+        }
+        _set_export(
+            context, export_id, "running", status="failed", error=error, finished_at=utcnow()
+        )
+        return "failed"
+    details = {
+        "max_abs_logit_diff": result.max_abs_logit_diff,
+        "files": result.files,
+        "bytes": sum(p.stat().st_size for p in output.iterdir() if p.is_file()),
+    }
+    _set_export(
+        context,
+        export_id,
+        "running",
+        status="succeeded",
+        finished_at=utcnow(),
+        storage_key=f"exports/{export_id}",
+        details=details,
+    )
+    return "succeeded"

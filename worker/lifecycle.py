@@ -1,0 +1,137 @@
+"""Claiming, leasing and finishing jobs. Every write is fenced on (attempt, lease_owner):
+a worker that lost its lease (the reaper gave the job to another attempt) writes nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.models import Job
+from app.services.transitions import compare_and_set
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """host:pid:random, unique per worker process start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to run one attempt of a job."""
+
+    job_id: str
+    attempt: int
+    owner: str
+
+    @property
+    def fence(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "lease_owner": self.owner}
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
+    """queued -> running with attempt+1 and a lease, or None if someone else has it."""
+    now = utcnow()
+    claimed = compare_and_set(
+        session,
+        job_id,
+        from_statuses={"queued"},
+        to_status="running",
+        attempt=Job.attempt + 1,
+        lease_owner=owner,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        started_at=func.coalesce(Job.started_at, now),
+    )
+    if not claimed:
+        session.rollback()
+        return None
+    session.commit()
+    job = session.get_one(Job, job_id)
+    session.refresh(job)
+    return Claim(job_id, job.attempt, owner)
+
+
+def extend_lease(session: Session, claim: Claim, lease_seconds: float) -> bool:
+    """Push the lease forward; False when the job is no longer ours."""
+    extended = compare_and_set(
+        session,
+        claim.job_id,
+        from_statuses={"running"},
+        where=claim.fence,
+        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+    )
+    session.commit()
+    return extended
+
+
+def finish(session: Session, claim: Claim, to_status: str, **values: Any) -> bool:
+    """running -> a final (or paused/queued) status, releasing the lease; fenced."""
+    done = compare_and_set(
+        session,
+        claim.job_id,
+        from_statuses={"running"},
+        to_status=to_status,
+        where=claim.fence,
+        lease_owner=None,
+        lease_expires_at=None,
+        **values,
+    )
+    if not done:
+        session.rollback()
+        log.warning(
+            "job %s attempt %s lost its lease; not writing %s",
+            claim.job_id,
+            claim.attempt,
+            to_status,
+        )
+        return False
+    return True
+
+
+class Heartbeat:
+    """A daemon thread that extends the lease; `lost` is set once the lease is gone."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        claim: Claim,
+        lease_seconds: float,
+        interval_seconds: float,
+    ) -> None:
+        self.factory = factory
+        self.claim = claim
+        self.lease_seconds = lease_seconds
+        self.interval_seconds = interval_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_seconds + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                with self.factory() as session:
+                    if not extend_lease(session, self.claim, self.lease_seconds):
+                        self.lost.set()
+                        return
+            except Exception:
+                # A database hiccup is not a lost lease: try again at the next beat.
+                log.warning("heartbeat for %s failed", self.claim.job_id, exc_info=True)

@@ -1,0 +1,48 @@
+"""`loraforge worker`: a Celery worker (solo pool, one task at a time) plus the reaper."""
+
+from __future__ import annotations
+
+import os
+
+from app.config import Settings
+from worker import context as worker_context
+from worker.celery_app import create_celery
+from worker.context import WorkerContext
+from worker.reaper import Reaper
+
+
+def default_queues(settings: Settings) -> list[str]:
+    """Every training queue this deployment routes to, plus exports."""
+    training = list(settings.queue_memory) or [settings.job_queue]
+    return [*training, settings.export_queue]
+
+
+def run_worker(
+    settings: Settings,
+    queues: list[str] | None = None,
+    *,
+    reaper: bool = True,
+    loglevel: str = "INFO",
+) -> None:
+    """Block running a worker until it is told to stop."""
+    context = WorkerContext.from_settings(settings)
+    worker_context._context = context
+    if reaper:
+        Reaper(context.session_factory, settings, context.enqueuer).start()
+    app = create_celery(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            ",".join(queues or default_queues(settings)),
+            "--hostname",
+            f"loraforge-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            loglevel,
+        ]
+    )

@@ -1,0 +1,375 @@
+"""JobRunner: start -> run -> finish or fail, in one place (the Celery task only calls it).
+
+It turns the engine's hooks into rows: metrics events in batches, checkpoint rows, the
+cancel/pause flags read every step, and the final status, every write fenced on the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id, utcnow
+from app.db.models import Checkpoint, File, Job
+from app.schemas.spec import ResolvedSpec
+from app.services.capacity import estimated_bytes
+from app.services.events import add_event
+from app.services.jobs import fine_tuned_model_name, organization_name
+from app.services.transitions import compare_and_set
+from worker.context import WorkerContext
+from worker.lifecycle import Claim, Heartbeat, claim, finish
+
+if TYPE_CHECKING:
+    from worker.training.metrics import StopReason
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another attempt owns the job now: stop and write nothing more."""
+
+
+class JobRunner:
+    """Runs one attempt of one job."""
+
+    def __init__(self, context: WorkerContext, job_id: str) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.job_id = job_id
+        self.claim: Claim | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+        self.model_name = ""
+
+    def run(self) -> str | None:
+        """Claim and train; returns the final status written, or None if not ours."""
+        with self.context.session_factory() as session:
+            self.claim = claim(
+                session, self.job_id, self.context.identity, self.settings.lease_seconds
+            )
+            if self.claim is None:
+                log.info("job %s is not queued (duplicate or stale message); skipping", self.job_id)
+                return None
+        heartbeat = Heartbeat(
+            self.context.session_factory,
+            self.claim,
+            self.settings.lease_seconds,
+            self.settings.heartbeat_seconds,
+        )
+        with heartbeat:
+            self.heartbeat = heartbeat
+            try:
+                return self._train()
+            except LeaseLost:
+                log.warning("job %s attempt %s lost its lease", self.job_id, self.claim.attempt)
+                return None
+            except Exception as exc:
+                return self._fail_from(exc)
+
+    # -- the story -------------------------------------------------------------------------
+
+    def _train(self) -> str | None:
+        from worker.training.checkpoint import latest_complete_checkpoint
+        from worker.training.config import TrainingConfig, TrainingPaths
+        from worker.training.engine import run_training
+        from worker.training.metrics import TrainingHooks
+
+        job, train_file, validation_file, organization = self._load()
+        spec = ResolvedSpec.model_validate(job.spec)
+        self._check_fits(spec)
+        self.model_name = fine_tuned_model_name(job.model, organization, job.suffix, job.id)
+        config = TrainingConfig.from_spec(spec, self.settings.catalog()[job.model])
+        paths = TrainingPaths(
+            train_file=train_file,
+            validation_file=validation_file,
+            output_dir=self.settings.jobs_dir / job.id,
+            models_dir=self.settings.models_dir,
+        )
+        resume_from = latest_complete_checkpoint(paths.checkpoints_dir)
+        attempt = self.claim.attempt if self.claim else 0
+        self._event(
+            f"Fine-tuning job started (attempt {attempt}) on {config.device}"
+            if resume_from is None
+            else f"Attempt {attempt} resuming from checkpoint {resume_from.name}"
+        )
+        hooks = TrainingHooks(
+            on_metrics=self._on_metrics,
+            on_checkpoint=self._on_checkpoint,
+            should_stop=self._should_stop,
+        )
+        result = run_training(config, paths, hooks)
+        self._flush(force=True)
+        if result.status == "stopped":
+            return self._stopped(result.stop_reason, result.global_step)
+        return self._succeeded(job, result.trained_tokens, paths.results_csv)
+
+    def _load(self) -> tuple[Job, Path, Path | None, str]:
+        with self.context.session_factory() as session:
+            job = session.get_one(Job, self.job_id)
+            files = {
+                f.id: f
+                for f in session.scalars(
+                    select(File).where(
+                        File.id.in_([job.training_file_id, job.validation_file_id or ""])
+                    )
+                )
+            }
+            training = files.get(job.training_file_id)
+            if training is None:
+                raise UserError(
+                    "training_file_deleted",
+                    "the training file was deleted before the job ran",
+                    "training_file",
+                )
+            validation = files.get(job.validation_file_id or "")
+            if job.validation_file_id and validation is None:
+                raise UserError(
+                    "validation_file_deleted",
+                    "the validation file was deleted before the job ran",
+                    "validation_file",
+                )
+            storage = self.context.storage
+            return (
+                job,
+                storage.path(training.storage_key),
+                storage.path(validation.storage_key) if validation else None,
+                organization_name(session, job.organization_id),
+            )
+
+    def _check_fits(self, spec: ResolvedSpec) -> None:
+        capacity = self.context.device_memory_bytes
+        needed = estimated_bytes(self.settings, spec)
+        if capacity is not None and needed is not None and needed > capacity:
+            raise UserError(
+                "insufficient_memory",
+                f"this job needs about {needed / 2**30:.2f} GiB; this worker has "
+                f"{capacity / 2**30:.2f} GiB",
+                "training",
+            )
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _should_stop(self) -> StopReason | None:
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost
+        with self.context.session_factory() as session:
+            row = session.execute(
+                select(
+                    Job.cancel_requested, Job.pause_requested, Job.attempt, Job.lease_owner
+                ).where(Job.id == self.job_id)
+            ).one()
+        assert self.claim is not None
+        if (row.attempt, row.lease_owner) != (self.claim.attempt, self.claim.owner):
+            raise LeaseLost
+        if row.cancel_requested:
+            return "cancel"
+        if row.pause_requested:
+            return "pause"
+        return None
+
+    def _on_metrics(self, metrics: Any) -> None:
+        data = metrics.as_dict()
+        message = (
+            f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
+        )
+        if metrics.eval_loss is not None:
+            message += f", validation loss={metrics.eval_loss:.4f}"
+        self.pending.append({"message": message, "data": data})
+        self._flush(force=False)
+
+    def _on_checkpoint(self, step: int, path: Path, metrics: Any) -> None:
+        self._flush(force=True)
+        key = path.relative_to(self.settings.data_dir).as_posix()
+        values = {
+            "step": step,
+            "train_loss": metrics.train_loss,
+            "valid_loss": metrics.eval_loss,
+            "valid_mean_token_accuracy": metrics.eval_token_accuracy,
+        }
+        with self._fenced() as (session, job):
+            existing = session.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == job.id, Checkpoint.step_number == step
+                )
+            )
+            if existing is None:
+                session.add(
+                    Checkpoint(
+                        id=new_id("ftckpt"),
+                        job_id=job.id,
+                        organization_id=job.organization_id,
+                        step_number=step,
+                        metrics=values,
+                        storage_key=key,
+                        fine_tuned_model_checkpoint=f"{self.model_name}:ckpt-step-{step}",
+                    )
+                )
+            else:
+                existing.metrics, existing.storage_key = values, key
+            add_event(session, job, f"Checkpoint saved at step {step}")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _flush(self, *, force: bool) -> None:
+        """Write buffered metrics events in one transaction, every metrics_flush_s."""
+        if not self.pending or (
+            not force and time.monotonic() - self.last_flush < self.settings.metrics_flush_s
+        ):
+            return
+        pending, self.pending = self.pending, []
+        eta = pending[-1]["data"].get("eta_seconds")
+        with self._fenced(estimated_finish=utcnow() + _seconds(eta) if eta else None) as (
+            session,
+            job,
+        ):
+            for item in pending:
+                add_event(session, job, item["message"], type="metrics", data=item["data"])
+        self.last_flush = time.monotonic()
+
+    def _fenced(self, **job_values: Any) -> _FencedWrite:
+        assert self.claim is not None
+        return _FencedWrite(self.context.session_factory(), self.claim, job_values)
+
+    def _event(self, message: str, level: str = "info") -> None:
+        with self._fenced() as (session, job):
+            add_event(session, job, message, level=level)
+
+    def _stopped(self, reason: str | None, step: int) -> str | None:
+        assert self.claim is not None
+        with self.context.session_factory() as session:
+            job = session.get_one(Job, self.job_id)
+            if reason == "pause":
+                ok = finish(session, self.claim, "paused", pause_requested=False)
+                message = f"Job paused at step {step}; resume continues from its checkpoint"
+            else:
+                ok = finish(session, self.claim, "cancelled", finished_at=utcnow())
+                message = f"Fine-tuning job cancelled at step {step}"
+            if not ok:
+                return None
+            add_event(session, job, message)
+            session.commit()
+            return "paused" if reason == "pause" else "cancelled"
+
+    def _succeeded(self, job: Job, trained_tokens: int, results_csv: Path) -> str | None:
+        assert self.claim is not None
+        with self.context.session_factory() as session:
+            result_file = self._register_results(session, job, results_csv)
+            ok = finish(
+                session,
+                self.claim,
+                "succeeded",
+                finished_at=utcnow(),
+                fine_tuned_model=self.model_name,
+                trained_tokens=trained_tokens,
+                result_files=[result_file.id],
+                estimated_finish=None,
+            )
+            if not ok:
+                self.context.storage.delete(result_file.storage_key)
+                return None
+            add_event(session, job, f"New fine-tuned model created: {self.model_name}")
+            add_event(session, job, "The job has successfully completed")
+            session.commit()
+            return "succeeded"
+
+    def _register_results(self, session: Session, job: Job, results_csv: Path) -> File:
+        """results.csv becomes a file of purpose fine-tune-results, readable via /v1/files."""
+        file_id = new_id("file")
+        key = f"files/{job.organization_id}/{file_id}"
+        storage = self.context.storage
+        temp = storage.temp_path(key)
+        shutil.copyfile(results_csv, temp)
+        storage.commit(temp, key)
+        record = File(
+            id=file_id,
+            organization_id=job.organization_id,
+            filename="results.csv",
+            purpose="fine-tune-results",
+            bytes=storage.size(key),
+            sha256="",
+            storage_key=key,
+            stats={},
+        )
+        session.add(record)
+        return record
+
+    def _fail_from(self, exc: Exception) -> str | None:
+        error = user_error(exc)
+        if error is None:
+            log.exception("job %s failed with an internal error", self.job_id)
+            error = {
+                "code": "internal_error",
+                "param": None,
+                "message": "the job failed because of an error on our side",
+            }
+        assert self.claim is not None
+        with self.context.session_factory() as session:
+            job = session.get_one(Job, self.job_id)
+            if not finish(session, self.claim, "failed", finished_at=utcnow(), error=error):
+                return None
+            add_event(session, job, f"Fine-tuning job failed: {error['message']}", level="error")
+            session.commit()
+            return "failed"
+
+
+class UserError(Exception):
+    """A failure the user can act on, found by the runner itself (not the engine)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def user_error(exc: Exception) -> dict[str, Any] | None:
+    """The job error for failures the user caused; None for our bugs."""
+    from app.datasets import DatasetError
+    from worker.training.errors import TrainingInputError
+
+    if isinstance(exc, TrainingInputError | UserError):
+        return {"code": exc.code, "message": exc.message, "param": exc.param}
+    if isinstance(exc, DatasetError):
+        return {"code": "invalid_training_file", "message": str(exc), "param": "training_file"}
+    return None
+
+
+def _seconds(value: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=float(value))
+
+
+class _FencedWrite:
+    """A transaction that commits only while the claim still owns the job."""
+
+    def __init__(self, session: Session, claim: Claim, job_values: dict[str, Any]) -> None:
+        self.session, self.claim = session, claim
+        self.job_values = {k: v for k, v in job_values.items() if v is not None}
+
+    def __enter__(self) -> tuple[Session, Job]:
+        owned = compare_and_set(
+            self.session,
+            self.claim.job_id,
+            from_statuses={"running"},
+            where=self.claim.fence,
+            **(self.job_values or {"lease_owner": self.claim.owner}),
+        )
+        if not owned:
+            self.session.rollback()
+            self.session.close()
+            raise LeaseLost
+        return self.session, self.session.get_one(Job, self.claim.job_id)
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()

@@ -1,0 +1,23 @@
+"""Thin Celery tasks: they receive ids, and the runners re-read the rows and do the work."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from worker.context import current_context
+
+
+@shared_task(name="training.run_job", ignore_result=True)
+def run_job(job_id: str) -> str | None:
+    """Train one attempt of a job (a duplicate or stale message exits at the claim)."""
+    from worker.runner import JobRunner
+
+    return JobRunner(current_context(), job_id).run()
+
+
+@shared_task(name="exports.run_export", ignore_result=True)
+def run_export(export_id: str) -> str | None:
+    """Build a merged model for an export."""
+    from worker.exports import run_export as run
+
+    return run(current_context(), export_id)
