@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 START_TIMEOUT_S = 60
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -77,3 +79,82 @@ def api_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
             yield base_url
         finally:
             stop(process)
+
+
+def children(pid: int) -> list[int]:
+    """Direct child pids of `pid` (from /proc: no psutil needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`loraforge worker` as a subprocess (the caller stops it with `stop`)."""
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@contextmanager
+def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, str, int]]:
+    """`loraforge serve` on a free port; yields (base URL, first API key, pid)."""
+    port = free_port()
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        key = ""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not key or not _healthy(base_url):
+            text = log_path.read_text(errors="replace")
+            if "LORAFORGE_API_KEY=" in text:
+                key = text.split("LORAFORGE_API_KEY=", 1)[1].split()[0]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start: {text[-2000:]}")
+            time.sleep(0.2)
+        yield base_url, key, process.pid
+    finally:
+        worker_pids = children(process.pid)
+        stop(process, grace_s=20)
+        for pid in worker_pids:  # never leave a worker behind, even if serve was killed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25
+) -> T:
+    """Poll until `predicate` returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

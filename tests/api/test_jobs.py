@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.db.models import Job
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
@@ -14,8 +15,9 @@ from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
 def test_create_resolves_auto_and_returns_openai_job(
     client: TestClient, tenant_a: Tenant, training_file: str
 ):
-    response = create_job(client, tenant_a, training_file, suffix="demo", seed=7,
-                          metadata={"team": "nlp"})
+    response = create_job(
+        client, tenant_a, training_file, suffix="demo", seed=7, metadata={"team": "nlp"}
+    )
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["object"] == "fine_tuning.job"
@@ -23,8 +25,11 @@ def test_create_resolves_auto_and_returns_openai_job(
     assert job["seed"] == 7
     assert job["metadata"] == {"team": "nlp"}
     # 12 examples: OpenAI's rule gives ceil(100 / 12) = 9 epochs.
-    assert job["hyperparameters"] == {"n_epochs": 9, "batch_size": 4,
-                                      "learning_rate_multiplier": 1.0}
+    assert job["hyperparameters"] == {
+        "n_epochs": 9,
+        "batch_size": 4,
+        "learning_rate_multiplier": 1.0,
+    }
     assert job["method"]["supervised"]["hyperparameters"] == job["hyperparameters"]
     assert job["training"]["learning_rate"] == 2e-4
     assert job["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear"}
@@ -38,13 +43,25 @@ def test_create_resolves_auto_and_returns_openai_job(
 def test_explicit_hyperparameters_in_method_are_kept(
     client: TestClient, tenant_a: Tenant, training_file: str
 ):
-    method = {"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5}}}
-    job = create_job(client, tenant_a, training_file, method=method,
-                     lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-                     training={"max_steps": 30, "packing": True}).json()
-    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 8,
-                                      "learning_rate_multiplier": 0.5}
+    method = {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5}
+        },
+    }
+    job = create_job(
+        client,
+        tenant_a,
+        training_file,
+        method=method,
+        lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        training={"max_steps": 30, "packing": True},
+    ).json()
+    assert job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 8,
+        "learning_rate_multiplier": 0.5,
+    }
     assert job["training"]["learning_rate"] == 1e-4
     assert job["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert job["training"]["packing"] is True
@@ -63,7 +80,10 @@ def test_unknown_model_is_400_model_not_found(
     response = create_job(client, tenant_a, training_file, model="gpt-9")
     assert response.status_code == 400
     assert response.json()["error"] | {"message": ""} == {
-        "message": "", "type": "invalid_request_error", "param": "model", "code": "model_not_found"
+        "message": "",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
     }
 
 
@@ -106,7 +126,10 @@ def test_job_is_committed_before_it_is_enqueued_by_name(
 
 
 def test_enqueue_failure_still_creates_the_job(
-    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer,
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    enqueuer: RecordingEnqueuer,
     session_factory: sessionmaker[Session],
 ):
     enqueuer.fail = True
@@ -138,8 +161,9 @@ def test_list_pages_newest_first(client: TestClient, tenant_a: Tenant, training_
     page = client.get("/v1/fine_tuning/jobs?limit=3", headers=tenant_a.headers).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:3]
     assert page["has_more"] is True
-    rest = client.get(f"/v1/fine_tuning/jobs?after={page['data'][-1]['id']}",
-                      headers=tenant_a.headers).json()
+    rest = client.get(
+        f"/v1/fine_tuning/jobs?after={page['data'][-1]['id']}", headers=tenant_a.headers
+    ).json()
     assert [j["id"] for j in rest["data"]] == ids[::-1][3:]
     assert rest["has_more"] is False
 
@@ -160,7 +184,9 @@ def test_cancel_queued_job_ends_it_and_is_idempotent(
 
 
 def test_cancel_running_job_sets_the_flag_for_the_worker(
-    client: TestClient, tenant_a: Tenant, training_file: str,
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
     session_factory: sessionmaker[Session],
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
@@ -181,32 +207,42 @@ def test_pause_and_resume_a_queued_job_requeues_it(
     resumed = client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=tenant_a.headers)
     assert resumed.json()["status"] == "queued"
     assert [s.args for s in enqueuer.sent] == [[job_id], [job_id]]
-    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/resume",
-                       headers=tenant_a.headers).status_code == 409
+    assert (
+        client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=tenant_a.headers).status_code
+        == 409
+    )
 
 
 def test_events_list_newest_first_with_cursor(
-    client: TestClient, tenant_a: Tenant, training_file: str,
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
     session_factory: sessionmaker[Session],
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
     with session_factory() as session:
         add_metrics(session, session.get_one(Job, job_id), steps=5)
         session.commit()
-    page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=4",
-                      headers=tenant_a.headers).json()
+    page = client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/events?limit=4", headers=tenant_a.headers
+    ).json()
     assert [e["data"]["step"] for e in page["data"]] == [5, 4, 3, 2]
-    assert all(e["object"] == "fine_tuning.job.event" and e["type"] == "metrics"
-               for e in page["data"])
-    rest = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?after={page['data'][-1]['id']}",
-                      headers=tenant_a.headers).json()
+    assert all(
+        e["object"] == "fine_tuning.job.event" and e["type"] == "metrics" for e in page["data"]
+    )
+    rest = client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/events?after={page['data'][-1]['id']}",
+        headers=tenant_a.headers,
+    ).json()
     assert [e["type"] for e in rest["data"]] == ["metrics", "message", "message"]
     assert rest["data"][-1]["message"].startswith("Created fine-tuning job")
     assert rest["has_more"] is False
 
 
 def test_checkpoints_list_newest_step_first(
-    client: TestClient, tenant_a: Tenant, training_file: str,
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
     session_factory: sessionmaker[Session],
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
@@ -215,8 +251,9 @@ def test_checkpoints_list_newest_step_first(
         for step, loss in ((10, 1.5), (20, 1.1), (30, 0.8)):
             add_checkpoint(session, job, step, loss)
         session.commit()
-    page = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=2",
-                      headers=tenant_a.headers).json()
+    page = client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=2", headers=tenant_a.headers
+    ).json()
     assert [c["step_number"] for c in page["data"]] == [30, 20]
     assert page["data"][0]["metrics"]["train_loss"] == 0.8
     assert page["data"][0]["object"] == "fine_tuning.job.checkpoint"
@@ -230,3 +267,26 @@ def test_validation_file_must_belong_to_the_tenant(
     response = create_job(client, tenant_a, training_file, validation_file=foreign)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "validation_file"
+
+
+def test_job_too_big_for_every_worker_class_is_refused_at_creation(
+    client: TestClient, tenant_a: Tenant, training_file: str, settings: Settings
+):
+    settings.queue_memory = {"small-gpu": 1 << 20, "smaller-gpu": 1 << 10}
+    response = create_job(client, tenant_a, training_file)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    assert "GiB" in error["message"]
+
+
+def test_job_goes_to_the_smallest_worker_class_it_fits(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    settings: Settings,
+    enqueuer: RecordingEnqueuer,
+):
+    settings.queue_memory = {"gpu-80g": 80 << 30, "gpu-24g": 24 << 30, "tiny": 1 << 10}
+    assert create_job(client, tenant_a, training_file).status_code == 200
+    assert enqueuer.sent[-1].queue == "gpu-24g"

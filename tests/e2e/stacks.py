@@ -1,0 +1,187 @@
+"""Running stacks for end-to-end tests: `loraforge serve` (SQLite + SQLite broker), or
+`loraforge api` + `loraforge worker` processes on a fresh Postgres database and Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.databases import postgres_database
+from tests.live import api_server, children, loraforge, serve_process, start_worker, stop, wait_for
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+# Short leases so that recovery after a kill -9 takes seconds, not minutes.
+FAST_RECOVERY = {
+    "LORAFORGE_LEASE_SECONDS": "4",
+    "LORAFORGE_HEARTBEAT_SECONDS": "1",
+    "LORAFORGE_REAPER_INTERVAL_S": "1",
+    "LORAFORGE_REQUEUE_AFTER_S": "5",
+    "LORAFORGE_METRICS_FLUSH_S": "0.3",
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "2",
+}
+JOB_TIMEOUT_S = 240
+
+
+@dataclass
+class Stack:
+    kind: str
+    base_url: str
+    key: str
+    env: dict[str, str]
+    root: Path
+    serve_pid: int | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["LORAFORGE_DATA_DIR"])
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.base_url}/v1",
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
+
+    def worker_pids(self) -> list[int]:
+        if self.serve_pid is not None:
+            return children(self.serve_pid)
+        return [w.pid for w in self.workers if w.poll() is None]
+
+    def add_worker(self) -> None:
+        self.workers.append(start_worker(self.env, self.root / "worker.log"))
+
+    def kill_worker(self) -> int:
+        """kill -9 a worker mid-job; a new one comes from serve's supervisor or from here."""
+        (pid, *_) = self.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        if self.serve_pid is None:
+            for worker in self.workers:
+                if worker.pid == pid:
+                    worker.wait(10)
+            self.add_worker()
+        return pid
+
+
+@contextmanager
+def embedded_stack(root: Path) -> Iterator[Stack]:
+    env = {**FAST_RECOVERY, "LORAFORGE_DATA_DIR": str(root / "data")}
+    for name in ("LORAFORGE_DATABASE_URL", "LORAFORGE_BROKER_URL"):
+        env[name] = ""
+    with serve_process(env, root / "serve.log") as (base_url, key, pid):
+        yield Stack("embedded", base_url, key, env, root, serve_pid=pid)
+
+
+@contextmanager
+def postgres_redis_stack(
+    root: Path, workers: int = 1, broker_url: str = REDIS_URL
+) -> Iterator[Stack]:
+    suffix = secrets.token_hex(4)
+    with ExitStack() as cleanup:
+        database_url = cleanup.enter_context(postgres_database())
+        env = {
+            **FAST_RECOVERY,
+            "LORAFORGE_DATA_DIR": str(root / "data"),
+            "LORAFORGE_DATABASE_URL": database_url,
+            "LORAFORGE_BROKER_URL": broker_url,
+            "LORAFORGE_JOB_QUEUE": f"training-{suffix}",
+            "LORAFORGE_EXPORT_QUEUE": f"exports-{suffix}",
+        }
+        base_url = cleanup.enter_context(api_server(env, root / "api.log"))
+        created = loraforge(env, "keys", "create", "--org", "e2e")
+        assert created.returncode == 0, created.stderr
+        stack = Stack("postgres-redis", base_url, created.stdout.strip(), env, root)
+        cleanup.callback(lambda: [stop(w, grace_s=5) for w in stack.workers])
+        for _ in range(workers):
+            stack.add_worker()
+        yield stack
+
+
+def hello_dataset(n: int = 40) -> bytes:
+    """A small repetitive chat dataset the tiny model learns quickly."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Say hello number {i % 4}"},
+                {"role": "assistant", "content": f"Hello {i % 4}! Hello {i % 4}!"},
+            ]
+        }
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client: httpx.Client, content: bytes, name: str = "train.jsonl") -> str:
+    response = client.post(
+        "/files", files={"file": (name, io.BytesIO(content))}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    file_id: str = response.json()["id"]
+    return file_id
+
+
+def create_job(client: httpx.Client, training_file: str, **training: Any) -> dict[str, Any]:
+    body = {
+        "model": "loraforge/tiny-random-llama",
+        "training_file": training_file,
+        "suffix": "e2e",
+        "seed": 1,
+        "training": {"learning_rate": 2e-3, "gradient_checkpointing": False, **training},
+    }
+    response = client.post("/fine_tuning/jobs", json=body)
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    return data
+
+
+def wait_status(
+    client: httpx.Client, job_id: str, *statuses: str, timeout: float = JOB_TIMEOUT_S
+) -> dict[str, Any]:
+    return wait_for(
+        lambda: (lambda j: j if j["status"] in statuses else None)(job(client, job_id)),
+        timeout,
+        f"job {job_id} to reach {statuses}",
+    )
+
+
+def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """Every event, oldest first."""
+    found: list[dict[str, Any]] = []
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+        page = client.get(f"/fine_tuning/jobs/{job_id}/events", params=params).json()
+        found.extend(page["data"])
+        if not page["has_more"]:
+            return found[::-1]
+        after = page["data"][-1]["id"]
+
+
+def metric_steps(client: httpx.Client, job_id: str) -> list[tuple[int, float]]:
+    return [
+        (e["data"]["step"], e["data"]["train_loss"])
+        for e in events(client, job_id)
+        if e["type"] == "metrics"
+    ]
+
+
+def checkpoint_steps(client: httpx.Client, job_id: str) -> list[int]:
+    page = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints", params={"limit": 100}).json()
+    return sorted(c["step_number"] for c in page["data"])

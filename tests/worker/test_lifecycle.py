@@ -1,0 +1,137 @@
+"""Claims, leases, fenced finishes and the reaper, against a real database of each kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db.base import new_id, utcnow
+from app.db.migrate import upgrade_head
+from app.db.models import Job, JobEvent
+from app.db.session import make_engine, make_session_factory
+from app.services.keys import get_or_create_organization
+from worker.lifecycle import claim, extend_lease, finish
+from worker.reaper import reap_once
+
+
+@dataclass
+class Published:
+    sent: list[tuple[str, list[Any], str]] = field(default_factory=list)
+
+    def send(self, task_name: str, args: list[Any], queue: str) -> None:
+        self.sent.append((task_name, args, queue))
+
+
+@pytest.fixture
+def lifecycle_settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        broker_url="memory://",
+        lease_seconds=30,
+        max_attempts=2,
+        requeue_after_s=60,
+        _env_file=None,
+    )  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def factory(lifecycle_settings: Settings) -> sessionmaker[Session]:
+    upgrade_head(lifecycle_settings.resolved_database_url())
+    engine = make_engine(lifecycle_settings.resolved_database_url())
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def queued_job(factory: sessionmaker[Session], **values: Any) -> str:
+    with factory() as session:
+        organization = get_or_create_organization(session, "acme")
+        job = Job(
+            id=new_id("ftjob"),
+            organization_id=organization.id,
+            model="m",
+            training_file_id="file-x",
+            seed=1,
+            spec={},
+            status="queued",
+            result_files=[],
+            attempt=0,
+            queue="training",
+            **values,
+        )
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def test_only_one_of_two_claims_wins(factory: sessionmaker[Session]):
+    job_id = queued_job(factory)
+    with factory() as first, factory() as second:
+        won = claim(first, job_id, "worker-a", 30)
+        lost = claim(second, job_id, "worker-b", 30)
+    assert won is not None and won.attempt == 1 and won.owner == "worker-a"
+    assert lost is None
+
+
+def test_a_stale_attempt_cannot_extend_or_finish(factory: sessionmaker[Session]):
+    job_id = queued_job(factory)
+    with factory() as session:
+        first = claim(session, job_id, "worker-a", 30)
+        assert first is not None
+        # The reaper gave the job to another attempt.
+        job = session.get_one(Job, job_id)
+        job.status, job.attempt, job.lease_owner = "running", 2, "worker-b"
+        session.commit()
+        assert not extend_lease(session, first, 30)
+        assert not finish(session, first, "succeeded")
+        session.commit()
+        assert session.get_one(Job, job_id).status == "running"
+
+
+def test_reaper_requeues_an_expired_lease_and_publishes_it(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    job_id = queued_job(factory)
+    with factory() as session:
+        assert claim(session, job_id, "worker-a", lease_seconds=-1) is not None
+    published = Published()
+    reap_once(factory, lifecycle_settings, published)
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.lease_owner, job.attempt) == ("queued", None, 1)
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id))
+        assert any("lease expired" in m for m in messages)
+    assert published.sent == [("training.run_job", [job_id], "training")]
+
+
+def test_reaper_fails_a_job_after_max_attempts(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    job_id = queued_job(factory, enqueued_at=utcnow())
+    for _ in range(lifecycle_settings.max_attempts):
+        with factory() as session:
+            assert claim(session, job_id, "worker", lease_seconds=-1) is not None
+        reap_once(factory, lifecycle_settings, Published())
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == "failed"
+        assert job.error is not None and job.error["code"] == "max_attempts_exceeded"
+
+
+def test_reaper_republishes_only_stale_unclaimed_jobs(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    never_sent = queued_job(factory)
+    fresh = queued_job(factory, enqueued_at=utcnow())
+    stale = queued_job(factory, enqueued_at=utcnow() - timedelta(seconds=600))
+    published = Published()
+    reap_once(factory, lifecycle_settings, published)
+    assert sorted(args[0] for _, args, _ in published.sent) == sorted([never_sent, stale])
+    assert fresh not in [args[0] for _, args, _ in published.sent]
