@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,10 +132,8 @@ def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, st
         worker_pids = children(process.pid)
         stop(process, grace_s=20)
         for pid in worker_pids:  # never leave a worker behind, even if serve was killed
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         log.close()
 
 
