@@ -77,6 +77,7 @@ class Stack:
 
 @contextmanager
 def embedded_stack(root: Path) -> Iterator[Stack]:
+    root.mkdir(parents=True, exist_ok=True)
     env = {**FAST_RECOVERY, "LORAFORGE_DATA_DIR": str(root / "data")}
     for name in ("LORAFORGE_DATABASE_URL", "LORAFORGE_BROKER_URL"):
         env[name] = ""
@@ -89,6 +90,7 @@ def postgres_redis_stack(
     root: Path, workers: int = 1, broker_url: str = REDIS_URL
 ) -> Iterator[Stack]:
     suffix = secrets.token_hex(4)
+    root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(postgres_database())
         env = {
@@ -152,13 +154,17 @@ def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def wait_status(
-    client: httpx.Client, job_id: str, *statuses: str, timeout: float = JOB_TIMEOUT_S
+    client: httpx.Client,
+    job_id: str,
+    *statuses: str,
+    timeout: float = JOB_TIMEOUT_S,
+    interval: float = 0.25,
 ) -> dict[str, Any]:
-    return wait_for(
-        lambda: (lambda j: j if j["status"] in statuses else None)(job(client, job_id)),
-        timeout,
-        f"job {job_id} to reach {statuses}",
-    )
+    def reached() -> dict[str, Any] | None:
+        current = job(client, job_id)
+        return current if current["status"] in statuses else None
+
+    return wait_for(reached, timeout, f"job {job_id} to reach {statuses}", interval)
 
 
 def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
