@@ -4,6 +4,10 @@ and `loraforge api` + `loraforge worker` on Postgres + Redis. Real QLoRA on the 
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,7 @@ from tests.e2e.stacks import (
     upload,
     wait_status,
 )
-from tests.live import wait_for
+from tests.live import START_TIMEOUT_S, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -178,10 +182,36 @@ def test_bad_data_fails_with_a_message_the_user_can_act_on(stack: Stack):
             ]
         }
     ] * 12
-    content = "".join(__import__("json").dumps(r) + "\n" for r in long_prompt).encode()
+    content = "".join(json.dumps(r) + "\n" for r in long_prompt).encode()
     created = create_job(client, upload(client, content), max_seq_length=32)
     finished = wait_status(client, created["id"], "failed", "succeeded")
     assert finished["status"] == "failed"
     assert finished["error"]["code"] == "max_seq_length_below_prompt"
     assert "max_seq_length" in finished["error"]["message"]
     assert "Traceback" not in str(finished["error"])
+
+
+def test_examples_quickstart_runs_against_the_server(stack: Stack, tmp_path: Path):
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "adapter.tar.gz"
+    ran = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "examples" / "openai_quickstart.py"),
+            "--base-url",
+            f"{stack.base_url}/v1",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        env={**os.environ, "LORAFORGE_API_KEY": stack.key},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S + 180,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "fine-tuned model: ft:loraforge/tiny-random-llama:" in ran.stdout
+    with tarfile.open(out) as archive:
+        names = archive.getnames()
+    assert any(name.endswith("adapter_model.safetensors") for name in names)
