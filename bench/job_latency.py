@@ -54,8 +54,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_s": statistics.median(values),
-            "p90_s": percentile(values, 0.9), "max_s": max(values)}
+    return {
+        "n": len(values),
+        "p50_s": statistics.median(values),
+        "p90_s": percentile(values, 0.9),
+        "max_s": max(values),
+    }
 
 
 def measure(stack: Stack, jobs: int) -> dict[str, Any]:
@@ -68,7 +72,8 @@ def measure(stack: Stack, jobs: int) -> dict[str, Any]:
         wait_status(client, job["id"], "succeeded", "failed", timeout=120)
         with engine.connect() as connection:
             created, started = connection.execute(
-                select(Job.created_at, Job.started_at).where(Job.id == job["id"])).one()
+                select(Job.created_at, Job.started_at).where(Job.id == job["id"])
+            ).one()
         start_latencies.append((started - created).total_seconds())
     cancel_latencies = []
     for _ in range(max(3, jobs // 3)):
@@ -79,9 +84,11 @@ def measure(stack: Stack, jobs: int) -> dict[str, Any]:
         wait_status(client, job["id"], "cancelled", timeout=60, interval=0.02)
         cancel_latencies.append(time.perf_counter() - began)
     engine.dispose()
-    return {"post_to_running": summary(start_latencies),
-            "cancel_to_cancelled": summary(cancel_latencies),
-            "first_job_s": start_latencies[0]}
+    return {
+        "post_to_running": summary(start_latencies),
+        "cancel_to_cancelled": summary(cancel_latencies),
+        "first_job_s": start_latencies[0],
+    }
 
 
 def main() -> None:
@@ -96,7 +103,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "method": "created_at -> started_at from the database (claim, before model load); "
-                  "cancel: client POST -> status cancelled, polled every 20 ms",
+        "cancel: client POST -> status cancelled, polled every 20 ms",
         "goals": {"redis_p50_s": 1.0, "embedded_p50_s": 2.0},
     }
     with tempfile.TemporaryDirectory() as root:

@@ -2,7 +2,7 @@
 openai SDK, watch the job, and download the LoRA adapter.
 
     export LORAFORGE_API_KEY=lf-...            # printed by `loraforge serve` on first start
-    python examples/openai_quickstart.py [--base-url http://127.0.0.1:8000/v1] [--out adapter.tar.gz]
+    python examples/openai_quickstart.py [--base-url URL] [--out adapter.tar.gz]
 """
 
 from __future__ import annotations
