@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve api key test test-fast lint format typecheck check migrate bench clean
+.PHONY: install serve api worker key test test-fast lint format typecheck check migrate bench clean
 
 install: $(VENV)/.installed
 
@@ -19,9 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: install
+	HF_HUB_OFFLINE=1 $(BIN)/loraforge serve --host $(HOST) --port $(PORT)
+
+api: install
 	$(BIN)/loraforge api --host $(HOST) --port $(PORT)
 
-api: serve
+worker: install
+	HF_HUB_OFFLINE=1 $(BIN)/loraforge worker
 
 key: install
 	$(BIN)/loraforge keys create --org $${ORG:-default}
@@ -49,7 +53,7 @@ migrate: install
 	$(BIN)/loraforge migrate
 
 bench: install
-	@ls bench/*.py >/dev/null 2>&1 && for script in bench/*.py; do $(BIN)/python $$script; done || echo "no benchmarks yet"
+	for script in bench/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
