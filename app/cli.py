@@ -15,6 +15,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+# Open event streams end on shutdown after this long instead of holding the process.
+SHUTDOWN_GRACE_S = 5
+
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 
@@ -51,7 +54,14 @@ def api(
 
     settings = get_settings()
     upgrade_head(settings.resolved_database_url())
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
 
 
 @cli.command()

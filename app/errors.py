@@ -79,6 +79,25 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
+class ExportNotFound(NotFound):
+    code = "export_not_found"
+
+
+class ArtifactNotFound(NotFound):
+    """The row exists but its files do not (removed, or not written yet)."""
+
+    code = "artifact_not_found"
+
+
+class InvalidExportState(ApiError):
+    status_code = 409
+    code = "invalid_export_state"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "file_too_large"

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import files, health, jobs, models
+from app.api.routes import exports, files, health, jobs, models
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
 from app.db.session import make_engine, make_session_factory
@@ -133,6 +133,6 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    for module in (health, files, jobs, models):
+    for module in (health, files, jobs, exports, models):
         app.include_router(module.router)
     return app

@@ -26,6 +26,8 @@ log = logging.getLogger("loraforge.serve")
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 STOP_GRACE_S = 10.0
+# Open event streams end on shutdown after this long instead of holding the process.
+SHUTDOWN_GRACE_S = 5
 
 
 def first_key(settings: Settings) -> str | None:
@@ -113,7 +115,13 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     supervisor = WorkerSupervisor(workers, env)
     supervisor.start()
     try:
-        config = uvicorn.Config("app.main:create_app", factory=True, host=host, port=port)
+        config = uvicorn.Config(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
         uvicorn.Server(config).run()
     finally:
         supervisor.stop()

@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from app.config import Settings  # noqa: E402
-from app.db.models import Job  # noqa: E402
-from app.main import create_app  # noqa: E402
-from tests.databases import database  # noqa: E402
-from tests.factories import Tenant, chat_dataset, create_tenant  # noqa: E402
+from app.config import Settings
+from app.db.models import Export, Job
+from app.main import create_app
+from app.queue import TASK_RUN_EXPORT
+from tests.databases import database
+from tests.factories import Tenant, chat_dataset, create_tenant
 
 
 @dataclass
@@ -45,8 +46,9 @@ class RecordingEnqueuer:
             raise ConnectionError("broker down")
         status = None
         if self.factory is not None:
+            table = Export if task_name == TASK_RUN_EXPORT else Job
             with self.factory() as session:
-                status = session.scalar(select(Job.status).where(Job.id == args[0]))
+                status = session.scalar(select(table.status).where(table.id == args[0]))
         self.sent.append(Sent(task_name, args, queue, status))
 
 
@@ -97,8 +99,13 @@ def tenant_b(session_factory: sessionmaker[Session]) -> Tenant:
     return create_tenant(session_factory, "globex")
 
 
-def upload(client: TestClient, tenant: Tenant, content: bytes, filename: str = "train.jsonl",
-           purpose: str = "fine-tune") -> Any:
+def upload(
+    client: TestClient,
+    tenant: Tenant,
+    content: bytes,
+    filename: str = "train.jsonl",
+    purpose: str = "fine-tune",
+) -> Any:
     return client.post(
         "/v1/files",
         headers=tenant.headers,

@@ -1,4 +1,4 @@
-"""Factories: tenants with keys, datasets, jobs with events and checkpoints."""
+"""Factories: tenants with keys, datasets, jobs with events, checkpoints and exports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import new_id
-from app.db.models import Checkpoint, Job
+from app.db.base import new_id, utcnow
+from app.db.models import Checkpoint, Export, Job
 from app.services.events import add_event
 from app.services.keys import create_key, get_or_create_organization
 
@@ -71,5 +71,36 @@ def add_checkpoint(session: Session, job: Job, step: int, train_loss: float) -> 
 
 def add_metrics(session: Session, job: Job, steps: int) -> None:
     for step in range(1, steps + 1):
-        add_event(session, job, f"Step {step}: training loss={2.0 / step:.3f}", type="metrics",
-                  data={"step": step, "train_loss": 2.0 / step})
+        add_event(
+            session,
+            job,
+            f"Step {step}: training loss={2.0 / step:.3f}",
+            type="metrics",
+            data={"step": step, "train_loss": 2.0 / step},
+        )
+
+
+def add_export(session: Session, job: Job, status: str = "succeeded", **fields: Any) -> Export:
+    export_id = new_id("ftexp")
+    export = Export(
+        id=export_id,
+        job_id=job.id,
+        organization_id=job.organization_id,
+        type="merged",
+        dtype="bfloat16",
+        status=status,
+        storage_key=f"exports/{export_id}",
+        **fields,
+    )
+    session.add(export)
+    return export
+
+
+def set_job_status(factory: sessionmaker[Session], job_id: str, status: str) -> None:
+    """Move a job as the worker would (finished_at set for the terminal statuses)."""
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        job.status = status
+        if status in {"succeeded", "failed", "cancelled"}:
+            job.finished_at = utcnow()
+        session.commit()

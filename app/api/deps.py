@@ -1,4 +1,4 @@
-"""Dependencies: settings, session, storage, enqueue, the caller's organization, loaded rows."""
+"""Dependencies: settings, sessions, storage, enqueue, the caller's organization, loaded rows."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import File, Job
+from app.db.models import Checkpoint, Export, File, Job
 from app.errors import Unauthenticated
 from app.queue import Enqueuer
+from app.services import events as event_service
+from app.services import exports as export_service
 from app.services import files as file_service
 from app.services import jobs as job_service
 from app.services.keys import authenticate
@@ -33,6 +35,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """For work that outlives the request's session (a stream opens one per poll)."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
 def get_storage(request: Request) -> LocalStorage:
     storage: LocalStorage = request.app.state.storage
     return storage
@@ -45,6 +53,7 @@ def get_enqueuer(request: Request) -> Enqueuer:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
@@ -79,5 +88,19 @@ def load_file(
 
 JobDep = Annotated[Job, Depends(load_job)]
 FileDep = Annotated[File, Depends(load_file)]
+
+
+def load_checkpoint(
+    session: SessionDep, job: JobDep, checkpoint_id: Annotated[str, Path()]
+) -> Checkpoint:
+    return event_service.get_checkpoint(session, job, checkpoint_id)
+
+
+def load_export(session: SessionDep, job: JobDep, export_id: Annotated[str, Path()]) -> Export:
+    return export_service.get_export(session, job, export_id)
+
+
+CheckpointDep = Annotated[Checkpoint, Depends(load_checkpoint)]
+ExportDep = Annotated[Export, Depends(load_export)]
 AfterQuery = Annotated[str | None, Query(max_length=64, description="Last id of the previous page")]
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from app.db.base import unix
-from app.db.models import Checkpoint, File, Job, JobEvent
+from app.db.models import Checkpoint, Export, File, Job, JobEvent
+from app.schemas.exports import ExportPublic
 from app.schemas.files import DatasetStatsPublic, FilePublic
 from app.schemas.jobs import (
     CheckpointMetrics,
@@ -80,4 +81,18 @@ def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
         fine_tuning_job_id=checkpoint.job_id,
         metrics=CheckpointMetrics.model_validate(checkpoint.metrics or {}),
         step_number=checkpoint.step_number,
+    )
+
+
+def export_public(export: Export) -> ExportPublic:
+    return ExportPublic(
+        id=export.id,
+        created_at=unix(export.created_at) or 0,
+        finished_at=unix(export.finished_at),
+        fine_tuning_job_id=export.job_id,
+        type=export.type,  # type: ignore[arg-type]
+        dtype=export.dtype,  # type: ignore[arg-type]
+        status=export.status,  # type: ignore[arg-type]
+        error=JobError.model_validate(export.error) if export.error else None,
+        details=export.details,
     )

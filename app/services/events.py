@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
-from app.errors import InvalidRequest
+from app.errors import CheckpointNotFound, InvalidRequest
 
 EVENT_PREFIX = "ftevent-"
 
@@ -86,3 +86,19 @@ def list_checkpoints(
         stmt = stmt.where(Checkpoint.step_number < anchor)
     rows = list(session.scalars(stmt.order_by(Checkpoint.step_number.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def get_checkpoint(session: Session, job: Job, checkpoint_id: str) -> Checkpoint:
+    """One of the job's checkpoints, or 404 (another job's or tenant's id included)."""
+    checkpoint = session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.id == checkpoint_id,
+            Checkpoint.job_id == job.id,
+            Checkpoint.organization_id == job.organization_id,
+        )
+    )
+    if checkpoint is None:
+        raise CheckpointNotFound(
+            f"no checkpoint {checkpoint_id!r} on job {job.id!r}", param="checkpoint_id"
+        )
+    return checkpoint

@@ -23,8 +23,9 @@ def test_wrong_key_is_401(client: TestClient, tenant_a: Tenant):
     assert response.status_code == 401
 
 
-def test_revoked_key_is_401(client: TestClient, tenant_a: Tenant,
-                            session_factory: sessionmaker[Session]):
+def test_revoked_key_is_401(
+    client: TestClient, tenant_a: Tenant, session_factory: sessionmaker[Session]
+):
     assert client.get("/v1/files", headers=tenant_a.headers).status_code == 200
     with session_factory() as session:
         assert revoke_key(session, tenant_a.key_id)

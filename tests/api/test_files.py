@@ -57,8 +57,9 @@ def test_list_pages_newest_first_with_cursor(client: TestClient, tenant_a: Tenan
     first = client.get("/v1/files?limit=2", headers=tenant_a.headers).json()
     assert [f["id"] for f in first["data"]] == ids[::-1][:2]
     assert first["has_more"] is True
-    rest = client.get(f"/v1/files?limit=10&after={first['data'][-1]['id']}",
-                      headers=tenant_a.headers).json()
+    rest = client.get(
+        f"/v1/files?limit=10&after={first['data'][-1]['id']}", headers=tenant_a.headers
+    ).json()
     assert [f["id"] for f in rest["data"]] == ids[::-1][2:]
     assert rest["has_more"] is False
 
@@ -84,22 +85,57 @@ BAD_FILES: list[tuple[str, bytes, int, str]] = [
     ("unrecognized_format", jsonl(GOOD, {"input": "x"}), 2, "line"),
     ("missing_messages_list", jsonl({"messages": []}), 1, "messages"),
     ("invalid_message", jsonl({"messages": ["hello"]}), 1, "messages[0]"),
-    ("message_unrecognized_key",
-     jsonl({"messages": [{"role": "user", "content": "x", "tool": 1}]}), 1, "messages[0].tool"),
-    ("unrecognized_role", jsonl(_messages(("robot", "x"), ("assistant", "y"))), 1,
-     "messages[0].role"),
-    ("missing_content", jsonl(_messages(("user", ""), ("assistant", "y"))), 1,
-     "messages[0].content"),
-    ("invalid_content", jsonl(_messages(("user", 5), ("assistant", "y"))), 1,
-     "messages[0].content"),
-    ("invalid_weight",
-     jsonl({"messages": [{"role": "user", "content": "x"},
-                         {"role": "assistant", "content": "y", "weight": 2}]}),
-     1, "messages[1].weight"),
+    (
+        "message_unrecognized_key",
+        jsonl({"messages": [{"role": "user", "content": "x", "tool": 1}]}),
+        1,
+        "messages[0].tool",
+    ),
+    (
+        "unrecognized_role",
+        jsonl(_messages(("robot", "x"), ("assistant", "y"))),
+        1,
+        "messages[0].role",
+    ),
+    (
+        "missing_content",
+        jsonl(_messages(("user", ""), ("assistant", "y"))),
+        1,
+        "messages[0].content",
+    ),
+    (
+        "invalid_content",
+        jsonl(_messages(("user", 5), ("assistant", "y"))),
+        1,
+        "messages[0].content",
+    ),
+    (
+        "invalid_weight",
+        jsonl(
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y", "weight": 2},
+                ]
+            }
+        ),
+        1,
+        "messages[1].weight",
+    ),
     ("example_missing_assistant_message", jsonl(_messages(("user", "x"))), 1, "messages"),
-    ("example_no_trained_message",
-     jsonl({"messages": [{"role": "user", "content": "x"},
-                         {"role": "assistant", "content": "y", "weight": 0}]}), 1, "messages"),
+    (
+        "example_no_trained_message",
+        jsonl(
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y", "weight": 0},
+                ]
+            }
+        ),
+        1,
+        "messages",
+    ),
     ("missing_prompt", jsonl({"completion": "y"}), 1, "prompt"),
     ("missing_completion", jsonl({"prompt": "x", "completion": ""}), 1, "completion"),
     ("invalid_field_type", jsonl({"text": 3}), 1, "text"),
@@ -110,11 +146,18 @@ BAD_FILES: list[tuple[str, bytes, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("code", "content", "line", "field"), BAD_FILES,
-                         ids=[case[0] for case in BAD_FILES])
+@pytest.mark.parametrize(
+    ("code", "content", "line", "field"), BAD_FILES, ids=[case[0] for case in BAD_FILES]
+)
 def test_invalid_file_is_refused_with_line_field_and_code(
-    client: TestClient, tenant_a: Tenant, settings: Settings, code: str, content: bytes, line: int,
-    field: str, monkeypatch: pytest.MonkeyPatch,
+    client: TestClient,
+    tenant_a: Tenant,
+    settings: Settings,
+    code: str,
+    content: bytes,
+    line: int,
+    field: str,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     settings.max_line_bytes = 4096
     padded = content if code == "too_few_examples" else content + jsonl(*[GOOD] * 10)
@@ -169,9 +212,11 @@ def test_chunked_upload_twice_the_cap_gets_413_and_leaves_nothing(
     repeats = (settings.max_upload_bytes * 2) // len(line) + 1
 
     def body():  # a generator: httpx sends it chunked, with no Content-Length
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n"
-               f"fine-tune\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               f"filename=\"big.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+            f'fine-tune\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="big.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n'
+        ).encode()
         for _ in range(repeats):
             yield line
         yield f"\r\n--{boundary}--\r\n".encode()

@@ -3,6 +3,8 @@ list, cancel, pause, resume, events and checkpoints."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,7 +99,7 @@ def test_unknown_training_file_is_400(client: TestClient, tenant_a: Tenant):
 def test_out_of_bounds_and_unknown_fields_are_refused(
     client: TestClient, tenant_a: Tenant, training_file: str
 ):
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"lora": {"r": 0}}, "lora.r"),
         ({"training": {"learning_rate": 1.0}}, "training.learning_rate"),
         ({"quantization": {"bits": 3}}, "quantization.bits"),

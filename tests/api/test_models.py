@@ -32,9 +32,13 @@ def test_unknown_model_is_404(client: TestClient, tenant_a: Tenant):
 
 def test_operator_entries_join_the_catalog(tmp_path: Path, database_url: str):
     settings = Settings(
-        data_dir=tmp_path / "d", database_url=database_url, broker_url="memory://",
-        models={"acme/llama-3-8b": {"hub_id": "meta-llama/Meta-Llama-3-8B", "revision": "abc123"},
-                "local/mistral": {"path": str(tmp_path / "mistral")}},
+        data_dir=tmp_path / "d",
+        database_url=database_url,
+        broker_url="memory://",
+        models={
+            "acme/llama-3-8b": {"hub_id": "meta-llama/Meta-Llama-3-8B", "revision": "abc123"},
+            "local/mistral": {"path": str(tmp_path / "mistral")},
+        },
         _env_file=None,  # type: ignore[call-arg]
     )
     with TestClient(create_app(settings)) as client:
@@ -44,7 +48,9 @@ def test_operator_entries_join_the_catalog(tmp_path: Path, database_url: str):
 
 
 def test_fine_tuned_model_is_listed_and_deletable(
-    client: TestClient, tenant_a: Tenant, training_file: str,
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
     session_factory: sessionmaker[Session],
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
@@ -54,7 +60,8 @@ def test_fine_tuned_model_is_listed_and_deletable(
         job.status, job.fine_tuned_model = "succeeded", name
         session.commit()
     assert client.get(f"/v1/models/{name}", headers=tenant_a.headers).json()["parent"] == (
-        "loraforge/tiny-random-llama")
+        "loraforge/tiny-random-llama"
+    )
     deleted = client.delete(f"/v1/models/{name}", headers=tenant_a.headers).json()
     assert deleted == {"id": name, "object": "model", "deleted": True}
     assert client.get(f"/v1/models/{name}", headers=tenant_a.headers).status_code == 404

@@ -15,14 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.base import Base
 from app.db.models import Job
 from tests.conftest import create_job, upload
-from tests.factories import Tenant, add_checkpoint, chat_dataset
+from tests.factories import Tenant, add_checkpoint, add_export, chat_dataset
 
 # Columns that legitimately change when A is not the caller: none of A's, but B's key use.
 VOLATILE = {("api_key", "last_used_at")}
 
 
-def seed_tenant_a(client: TestClient, tenant: Tenant, factory: sessionmaker[Session]
-                  ) -> dict[str, str]:
+def seed_tenant_a(
+    client: TestClient, tenant: Tenant, factory: sessionmaker[Session]
+) -> dict[str, str]:
     file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
     job_id = create_job(client, tenant, file_id, suffix="secret").json()["id"]
     with factory() as session:
@@ -30,12 +31,14 @@ def seed_tenant_a(client: TestClient, tenant: Tenant, factory: sessionmaker[Sess
         job.status = "succeeded"
         job.fine_tuned_model = f"ft:loraforge/tiny-random-llama:acme:secret:{job_id[6:14]}"
         checkpoint = add_checkpoint(session, job, 10, 1.0)
+        export = add_export(session, job)
         session.commit()
         return {
             "file_id": file_id,
             "fine_tuning_job_id": job_id,
             "model": job.fine_tuned_model,
             "checkpoint_id": checkpoint.id,
+            "export_id": export.id,
         }
 
 
@@ -50,8 +53,12 @@ def snapshot(factory: sessionmaker[Session], organization_id: str) -> dict[str, 
                 select(table).where(table.c.organization_id == organization_id)
             )
             rows[table.name] = sorted(
-                (tuple((k, v) for k, v in row._mapping.items()
-                       if (table.name, k) not in VOLATILE) for row in result),
+                (
+                    tuple(
+                        (k, v) for k, v in row._mapping.items() if (table.name, k) not in VOLATILE
+                    )
+                    for row in result
+                ),
                 key=repr,
             )
     return rows
@@ -69,7 +76,9 @@ def id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
 
 
 def test_every_route_with_an_id_answers_404_to_another_tenant(
-    client: TestClient, tenant_a: Tenant, tenant_b: Tenant,
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
     session_factory: sessionmaker[Session],
 ):
     ids = seed_tenant_a(client, tenant_a, session_factory)
@@ -82,8 +91,9 @@ def test_every_route_with_an_id_answers_404_to_another_tenant(
         url = path
         for param in params:
             url = url.replace("{" + param + "}", ids[param])
-        response = client.request(method, url, headers=tenant_b.headers,
-                                  json={} if method == "POST" else None)
+        response = client.request(
+            method, url, headers=tenant_b.headers, json={} if method == "POST" else None
+        )
         assert response.status_code == 404, f"{method} {path}: {response.status_code}"
         assert response.json()["error"]["type"] == "invalid_request_error"
     assert snapshot(session_factory, tenant_a.organization_id) == before
@@ -93,8 +103,11 @@ def test_every_route_with_an_id_answers_404_to_another_tenant(
 
 @pytest.mark.parametrize("path", ["/v1/files", "/v1/fine_tuning/jobs", "/v1/models"])
 def test_lists_never_show_another_tenants_objects(
-    client: TestClient, tenant_a: Tenant, tenant_b: Tenant,
-    session_factory: sessionmaker[Session], path: str,
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
+    session_factory: sessionmaker[Session],
+    path: str,
 ):
     ids = seed_tenant_a(client, tenant_a, session_factory)
     listed = {item["id"] for item in client.get(path, headers=tenant_b.headers).json()["data"]}
@@ -104,7 +117,9 @@ def test_lists_never_show_another_tenants_objects(
 
 
 def test_cursor_from_another_tenant_is_refused(
-    client: TestClient, tenant_a: Tenant, tenant_b: Tenant,
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
     session_factory: sessionmaker[Session],
 ):
     ids = seed_tenant_a(client, tenant_a, session_factory)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.responses import FileResponse
+
 from app.schemas.common import ErrorResponse
+from app.services.downloads import Download
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -17,3 +20,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "Request validation failed"),
     )
 }
+
+TARBALL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A .tar.gz, streamed (Range requests supported)",
+        "content": {"application/gzip": {}},
+    }
+}
+
+
+def tarball(download: Download) -> FileResponse:
+    """Serve a built archive as an attachment; FileResponse answers Range requests."""
+    return FileResponse(download.path, media_type="application/gzip", filename=download.filename)

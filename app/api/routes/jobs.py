@@ -1,24 +1,31 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events (JSON pages or
+server-sent events), checkpoints and adapter downloads."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.deps import (
     AfterQuery,
+    CheckpointDep,
     CurrentOrgDep,
     EnqueuerDep,
     JobDep,
     LimitQuery,
     SessionDep,
+    SessionFactoryDep,
     SettingsDep,
+    StorageDep,
 )
+from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
 from app.api.presenters import checkpoint_public, event_public, job_public
-from app.api.routes import ERROR_RESPONSES
+from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
 from app.schemas.common import ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
+from app.services import downloads as download_service
 from app.services import events as event_service
 from app.services import jobs as job_service
 
@@ -26,6 +33,13 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], response
 
 IdempotencyKeyHeader = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", max_length=64, description="Resume a stream after this event"),
+]
+StreamQuery = Annotated[
+    bool, Query(description="Server-sent events, oldest first, until the job has ended")
 ]
 
 
@@ -84,13 +98,40 @@ def resume_job(
     return job_public(job_service.resume_job(session, settings, enqueuer, job))
 
 
-@router.get("/{fine_tuning_job_id}/events")
+@router.get(
+    "/{fine_tuning_job_id}/events",
+    response_model=ListPage[EventPublic],
+    responses={200: SSE_RESPONSE},
+)
 def read_job_events(
-    job: JobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
-) -> ListPage[EventPublic]:
-    """Messages and metrics, newest first."""
-    rows, has_more = event_service.list_events(session, job, after=after, limit=limit)
-    return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+    job: JobDep,
+    session: SessionDep,
+    request: Request,
+    factory: SessionFactoryDep,
+    settings: SettingsDep,
+    after: AfterQuery = None,
+    limit: LimitQuery = 20,
+    stream: StreamQuery = False,
+    last_event_id: LastEventIdHeader = None,
+) -> ListPage[EventPublic] | StreamingResponse:
+    """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
+    resumed after Last-Event-ID (or `after`)."""
+    if not stream:
+        rows, has_more = event_service.list_events(session, job, after=after, limit=limit)
+        return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+    after_seq = resume_after(last_event_id, after)
+    job_id = job.id
+    session.close()  # the stream polls with short sessions of its own
+    events = stream_job_events(
+        request,
+        factory,
+        job_id,
+        after_seq,
+        poll_interval_s=settings.event_poll_interval_s,
+        keepalive_s=settings.event_keepalive_s,
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints")
@@ -100,3 +141,21 @@ def read_job_checkpoints(
     """Checkpoints, newest step first."""
     rows, has_more = event_service.list_checkpoints(session, job, after=after, limit=limit)
     return ListPage[CheckpointPublic].of([checkpoint_public(r) for r in rows], has_more)
+
+
+@router.get(
+    "/{fine_tuning_job_id}/adapter", response_class=FileResponse, responses=TARBALL_RESPONSE
+)
+def read_job_adapter(job: JobDep, storage: StorageDep) -> FileResponse:
+    """The final PEFT adapter directory of a succeeded job."""
+    return tarball(download_service.job_adapter(storage, job))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints/{checkpoint_id}/adapter",
+    response_class=FileResponse,
+    responses=TARBALL_RESPONSE,
+)
+def read_checkpoint_adapter(checkpoint: CheckpointDep, storage: StorageDep) -> FileResponse:
+    """The PEFT adapter saved at one checkpoint, without its optimizer and RNG state."""
+    return tarball(download_service.checkpoint_adapter(storage, checkpoint))
