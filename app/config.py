@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "",
         description=(
-            "SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db`; empty: SQLite in the data dir"
+            "SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db`; "
+            "empty: SQLite in the data dir"
         ),
     )
     broker_url: str = Field(
