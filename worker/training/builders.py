@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import bitsandbytes as bnb
 import torch
@@ -54,8 +55,8 @@ def build_lora_config(config: TrainingConfig) -> LoraConfig:
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainingConfig) -> Optimizer:
     """The optimizer the spec names; bitsandbytes' paged ones absorb memory spikes on CUDA."""
     training = config.training
-    optimizer_class = OPTIMIZERS[training.optimizer]
-    return optimizer_class(
+    optimizer_class: Any = OPTIMIZERS[training.optimizer]
+    return optimizer_class(  # type: ignore[no-any-return]
         list(parameters), lr=training.learning_rate, weight_decay=training.weight_decay
     )
 

@@ -35,9 +35,8 @@ class TrainingConfig:
     ) -> TrainingConfig:
         """Resolve the device (CUDA when present) and the compute dtype for it."""
         device = device or detect_device()
-        dtype = spec.quantization.compute_dtype
-        if dtype == "auto":
-            dtype = default_compute_dtype(device)
+        requested = spec.quantization.compute_dtype
+        dtype = default_compute_dtype(device) if requested == "auto" else requested
         return cls(spec=spec, model=model, device=device, compute_dtype=dtype)
 
     @property

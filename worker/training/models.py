@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 from huggingface_hub import snapshot_download
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -40,9 +41,10 @@ def resolve_model_dir(entry: CatalogEntry, models_dir: Path) -> Path:
         directory = Path(entry.path).expanduser()
     else:
         try:
-            directory = Path(
-                str(snapshot_download(entry.hub_id or "", revision=entry.revision, local_files_only=True))
+            snapshot = snapshot_download(
+                entry.hub_id or "", revision=entry.revision, local_files_only=True
             )
+            directory = Path(str(snapshot))
         except Exception as exc:  # huggingface_hub raises several types for a cache miss
             raise TrainingInputError(
                 "model_not_found",
@@ -79,7 +81,8 @@ def load_tokenizer(model_dir: Path, entry: CatalogEntry) -> PreTrainedTokenizerB
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of loss and attention
     if not tokenizer.chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE  # base models often ship none; saved with the adapter
+        # Base models often ship none; it is saved with the adapter, so inference matches.
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
@@ -123,8 +126,25 @@ def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each block in backward; non-reentrant, so frozen inputs need no grad hack."""
-    model.activation_checkpointing_enable({"use_reentrant": False})
+    # transformers 5 renamed gradient_checkpointing_enable; older releases only have that.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    enable = enable or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
     model.config.use_cache = False
+
+
+def inference_mode(model: torch.nn.Module) -> None:
+    """model.eval() (no dropout), but bitsandbytes' 4-bit layers stay in training mode.
+
+    In eval mode on a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference
+    in place, and backward through them is silently wrong afterwards (no autograd kernel):
+    an evaluation in the middle of training would corrupt the steps after it. The layers have
+    no dropout, so training mode changes nothing else.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.train()
 
 
 def load_model(config: TrainingConfig, models_dir: Path) -> LoadedModel:

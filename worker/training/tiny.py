@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -22,7 +23,12 @@ from app.memory import TINY_RANDOM_LLAMA_SHAPE
 # Bump when the generator changes, so caches of an older model are not reused.
 TINY_VERSION = "v1"
 TINY_SEED = 1234
+# Wider than Llama's 0.02: with a frozen random head of std 0.02 the logits cannot spread
+# more than a few units, so no adapter could fit even a repetitive dataset.
+INIT_RANGE = 0.1
 MAX_POSITIONS = 2048
+# Model init draws from torch's global generator: one generation at a time per process.
+_GENERATION_LOCK = threading.Lock()
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # Each turn is "<|role|>\n" + content + EOS. Assistant content and its EOS sit inside
@@ -108,6 +114,7 @@ def build_config() -> LlamaConfig:
         num_key_value_heads=shape.num_key_value_heads,
         tie_word_embeddings=shape.tie_word_embeddings,
         max_position_embeddings=MAX_POSITIONS,
+        initializer_range=INIT_RANGE,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -116,10 +123,10 @@ def build_config() -> LlamaConfig:
 
 def build_model() -> LlamaForCausalLM:
     """Random weights from a fixed seed, so every machine generates the same model."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(TINY_SEED)
-    try:
-        model = LlamaForCausalLM(build_config())
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model
+    with _GENERATION_LOCK:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(TINY_SEED)
+        try:
+            return LlamaForCausalLM(build_config())
+        finally:
+            torch.random.set_rng_state(generator_state)

@@ -1,0 +1,62 @@
+"""Datasets and configs for the engine's tests (test-sized, CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from app.catalog import BUILTIN_MODELS, CatalogEntry
+from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec, resolve_spec
+from worker.training.config import TrainingConfig
+
+TINY: CatalogEntry = BUILTIN_MODELS[0]
+
+# Four conversations repeated: a random tiny model can learn them within a few dozen steps.
+FACTS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is two plus three?", "Two plus three is five."),
+    ("Say good night in Spanish.", "Buenas noches."),
+    ("What color is the sky?", "The sky is blue."),
+]
+
+
+def chat_rows(repeat: int) -> list[dict[str, Any]]:
+    """System + user + assistant conversations, `repeat` copies of each fact."""
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+        for _ in range(repeat)
+        for question, answer in FACTS
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def build_config(
+    *,
+    lora: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
+    n_examples: int = 16,
+    **training: Any,
+) -> TrainingConfig:
+    """A resolved config for the tiny model with small, fast, test-sized defaults."""
+    training = {"learning_rate": 1e-2, "max_steps": 12, "max_seq_length": 64, **training}
+    spec = resolve_spec(
+        model=TINY.id,
+        seed=7,
+        n_train_examples=n_examples,
+        hyperparameters=Hyperparameters(n_epochs=1, batch_size=4),
+        lora=LoraSpec(**{"r": 8, "alpha": 16, **(lora or {})}),
+        quantization=QuantizationSpec(**(quantization or {})),
+        training=TrainingSpec(**training),
+    )
+    return TrainingConfig.from_spec(spec, TINY, device="cpu")

@@ -1,0 +1,149 @@
+"""Rows, batches and a deterministic order of them, so a resumed run sees the same data.
+
+Without packing each row is one example, and batches are grouped by length (shuffle, then
+sort within mega-batches of 32 batches) so little padding is computed. With packing, examples
+are placed greedily into rows of at most max_seq_length tokens; position_ids restart at 0 for
+each example and no attention mask is passed, so transformers builds a block-diagonal causal
+mask and packed examples never attend to each other. The batch order of epoch e depends only
+on (seed, e): a step number is a complete data position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.training.data import IGNORE_INDEX, TokenizedExample
+
+MEGABATCH_FACTOR = 32
+# Keeps per-epoch permutations of different seeds apart.
+EPOCH_SEED_STRIDE = 100_003
+
+Row = tuple[int, ...]  # indices of the examples forming one row
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    tokens: int  # non-pad input tokens
+    trained_tokens: int  # labels the loss is taken on (after the one-token shift)
+
+    def model_inputs(self, device: str) -> dict[str, torch.Tensor]:
+        """Keyword arguments for the model's forward, on `device`."""
+        inputs = {"input_ids": self.input_ids}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+def pack_rows(lengths: Sequence[int], max_seq_length: int) -> list[Row]:
+    """Greedy packing in dataset order: start a new row when the next example does not fit."""
+    rows: list[Row] = []
+    current: list[int] = []
+    used = 0
+    for index, length in enumerate(lengths):
+        if current and used + length > max_seq_length:
+            rows.append(tuple(current))
+            current, used = [], 0
+        current.append(index)
+        used += length
+    if current:
+        rows.append(tuple(current))
+    return rows
+
+
+@dataclass
+class BatchPlan:
+    """Which rows make micro-batch i, for any i, across as many epochs as needed."""
+
+    rows: list[Row]
+    row_lengths: list[int]
+    batch_size: int
+    seed: int
+    group_by_length: bool
+    _epochs: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Row indices of each batch of `epoch`, a pure function of (seed, epoch)."""
+        if epoch not in self._epochs:
+            generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
+            order = torch.randperm(len(self.rows), generator=generator).tolist()
+            if self.group_by_length:
+                order = group_by_length(order, self.row_lengths, self.batch_size)
+            size = self.batch_size
+            batches = [order[i : i + size] for i in range(0, len(order), size)]
+            # Grouping fixes which rows go together; the batches still come in a fresh order.
+            shuffled = torch.randperm(len(batches), generator=generator).tolist()
+            self._epochs = {epoch: [batches[i] for i in shuffled]}
+        return self._epochs[epoch]
+
+    def micro_batch(self, index: int) -> list[Row]:
+        """The rows of the index-th micro-batch since the start of training."""
+        epoch, position = divmod(index, self.batches_per_epoch)
+        return [self.rows[row] for row in self.epoch_batches(epoch)[position]]
+
+
+def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int) -> list[int]:
+    """Sort each mega-batch of the shuffled order longest first, so batches pad little."""
+    size = batch_size * MEGABATCH_FACTOR
+    grouped: list[int] = []
+    for start in range(0, len(order), size):
+        grouped.extend(sorted(order[start : start + size], key=lambda i: -lengths[i]))
+    return grouped
+
+
+def build_plan(
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    seed: int,
+    packing: bool,
+    max_seq_length: int,
+) -> BatchPlan:
+    """Rows (packed or one example each) and their per-epoch order."""
+    lengths = [len(example.input_ids) for example in examples]
+    rows: list[Row] = (
+        pack_rows(lengths, max_seq_length) if packing else [(i,) for i in range(len(lengths))]
+    )
+    row_lengths = [sum(lengths[i] for i in row) for row in rows]
+    return BatchPlan(rows, row_lengths, batch_size, seed, group_by_length=not packing)
+
+
+def collate(
+    examples: Sequence[TokenizedExample], rows: Sequence[Row], pad_id: int, packing: bool
+) -> Batch:
+    """Pad rows to the longest; packed rows get restarting position_ids and no mask."""
+    sequences = [[examples[i] for i in row] for row in rows]
+    width = max(sum(len(e.input_ids) for e in row) for row in sequences)
+    input_ids, labels, masks, positions = [], [], [], []
+    for row in sequences:
+        ids = [token for e in row for token in e.input_ids]
+        # An example's first label would be predicted from the previous example: drop it.
+        row_labels = [label for e in row for label in [IGNORE_INDEX, *e.labels[1:]]]
+        pad = width - len(ids)
+        input_ids.append(ids + [pad_id] * pad)
+        labels.append(row_labels + [IGNORE_INDEX] * pad)
+        masks.append([1] * len(ids) + [0] * pad)
+        # Padding of a packed row is its own segment (positions from 0), attending to itself.
+        positions.append([p for e in row for p in range(len(e.input_ids))] + list(range(pad)))
+    label_tensor = torch.tensor(labels)
+    return Batch(
+        input_ids=torch.tensor(input_ids),
+        labels=label_tensor,
+        attention_mask=None if packing else torch.tensor(masks),
+        position_ids=torch.tensor(positions) if packing else None,
+        tokens=sum(sum(mask) for mask in masks),
+        trained_tokens=int((label_tensor[:, 1:] != IGNORE_INDEX).sum()),
+    )

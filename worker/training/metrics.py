@@ -1,0 +1,73 @@
+"""Step metrics, the hooks that receive them, and results.csv."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+StopReason = Literal["cancel", "pause"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    """What one optimizer step reports; eval_* are set on evaluation steps only."""
+
+    step: int
+    total_steps: int
+    epoch: float  # fractional: 1.5 = half-way through the second epoch
+    train_loss: float  # mean cross-entropy per trained token over the step's micro-batches
+    lr: float  # the learning rate this step used
+    grad_norm: float  # before clipping to max_grad_norm
+    tokens_per_second: float  # non-pad input tokens processed per second, this session
+    trained_tokens: int  # cumulative tokens the loss was taken on, since step 0
+    eta_seconds: float
+    eval_loss: float | None = None
+    eval_token_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Plain JSON-ready values, e.g. for a job_event row."""
+        return asdict(self)
+
+
+@dataclass
+class TrainingHooks:
+    """Callbacks the caller supplies; each is optional and must be a plain callable.
+
+    should_stop is called before every step; returning "cancel" or "pause" makes the
+    engine save a complete checkpoint and return with status "stopped".
+    """
+
+    on_metrics: Callable[[StepMetrics], None] | None = None
+    on_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None
+    should_stop: Callable[[], StopReason | None] | None = None
+
+
+RESULT_COLUMNS = [f.name for f in fields(StepMetrics)]
+
+
+class ResultsWriter:
+    """Appends one row per step to results.csv; rows past a resumed step are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        rows = read_results(path) if resume_step > 0 and path.exists() else []
+        kept = [row for row in rows if int(row["step"]) <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def write(self, metrics: StepMetrics) -> None:
+        """Append one step's row (flushed at once: a crash loses no finished step)."""
+        with self.path.open("a", newline="") as stream:
+            csv.DictWriter(stream, fieldnames=RESULT_COLUMNS).writerow(metrics.as_dict())
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv as strings, in step order."""
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
