@@ -123,5 +123,9 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
         uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its graceful shutdown; stopping is the asked-for outcome.
+        pass
     finally:
         supervisor.stop()
+    log.info("stopped")

@@ -106,7 +106,9 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
 
 
 @contextmanager
-def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, str, int]]:
+def serve_process(
+    env: dict[str, str], log_path: Path, start_timeout_s: float = START_TIMEOUT_S
+) -> Iterator[tuple[str, str, int]]:
     """`loraforge serve` on a free port; yields (base URL, first API key, pid)."""
     port = free_port()
     log = log_path.open("wb")
@@ -119,7 +121,7 @@ def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, st
     base_url = f"http://127.0.0.1:{port}"
     try:
         key = ""
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + start_timeout_s
         while not key or not _healthy(base_url):
             text = log_path.read_text(errors="replace")
             if "LORAFORGE_API_KEY=" in text:

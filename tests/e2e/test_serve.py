@@ -1,0 +1,86 @@
+"""`loraforge serve`: one command runs API and a supervised worker; a dead worker is replaced;
+Ctrl-C stops everything; the first key is created only once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.stacks import FAST_RECOVERY
+from tests.live import children, free_port, serve_process, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_serve_replaces_a_dead_worker_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
+    env = {
+        **FAST_RECOVERY,
+        "LORAFORGE_DATA_DIR": str(tmp_path / "data"),
+        "LORAFORGE_DATABASE_URL": "",
+        "LORAFORGE_BROKER_URL": "",
+    }
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: _healthy(port), 60, "serve to answer /healthz")
+        (first_worker,) = wait_for(lambda: children(process.pid), 30, "the worker process")
+        os.kill(first_worker, signal.SIGKILL)
+        replaced = wait_for(
+            lambda: [p for p in children(process.pid) if p != first_worker and alive(p)],
+            30,
+            "a replacement worker",
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(40) == 0
+        assert not any(alive(pid) for pid in replaced)
+    finally:
+        stop(process)
+        log.close()
+    text = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "restarting" in text
+
+
+def test_first_key_is_created_once(tmp_path: Path):
+    env = {
+        **FAST_RECOVERY,
+        "LORAFORGE_DATA_DIR": str(tmp_path / "data"),
+        "LORAFORGE_DATABASE_URL": "",
+        "LORAFORGE_BROKER_URL": "",
+    }
+    with serve_process(env, tmp_path / "first.log") as (base_url, key, _pid):
+        assert (
+            httpx.get(
+                f"{base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+            ).status_code
+            == 200
+        )
+    with pytest.raises(RuntimeError), serve_process(env, tmp_path / "second.log", 15):
+        pass  # no key is printed on the second start, so serve_process never sees one
+    assert "LORAFORGE_API_KEY=" not in (tmp_path / "second.log").read_text(errors="replace")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
