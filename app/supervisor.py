@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -93,9 +94,15 @@ class WorkerSupervisor:
                 process.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Run API and workers until interrupted."""
     import uvicorn
+
+    from app.api.server_options import HTTP_OPTIONS
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_head(settings.resolved_database_url())
@@ -121,11 +128,14 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             host=host,
             port=port,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            **HTTP_OPTIONS,
         )
+        # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+        # SIGTERM action that would kill this process before the workers are stopped.
+        signal.signal(signal.SIGTERM, _interrupt)
         uvicorn.Server(config).run()
     except KeyboardInterrupt:
-        # uvicorn re-raises Ctrl-C after its graceful shutdown; stopping is the asked-for outcome.
-        pass
+        pass  # Ctrl-C or SIGTERM: stopping is the asked-for outcome
     finally:
         supervisor.stop()
     log.info("stopped")

@@ -26,7 +26,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_serve_replaces_a_dead_worker_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
+def test_serve_replaces_a_dead_worker_and_stops_cleanly(tmp_path: Path, stop_signal: int):
     env = {
         **FAST_RECOVERY,
         "LORAFORGE_DATA_DIR": str(tmp_path / "data"),
@@ -50,7 +51,7 @@ def test_serve_replaces_a_dead_worker_and_stops_cleanly_on_ctrl_c(tmp_path: Path
             30,
             "a replacement worker",
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         assert process.wait(40) == 0
         assert not any(alive(pid) for pid in replaced)
     finally:
