@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
 from app.db.session import make_engine, make_session_factory
-from app.storage import LocalStorage
+from app.storage import Storage, build_storage
 from worker.lifecycle import worker_identity
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class WorkerContext:
     settings: Settings
     session_factory: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     identity: str
 
     @classmethod
@@ -30,7 +30,7 @@ class WorkerContext:
         return cls(
             settings,
             make_session_factory(engine),
-            LocalStorage(settings.data_dir),
+            build_storage(settings),
             worker_identity(),
         )
 

@@ -1,4 +1,8 @@
-"""ExportRunner: merge a succeeded job's adapter into its 16-bit base, in one place."""
+"""ExportRunner: merge a succeeded job's adapter into its 16-bit base, in one place.
+
+The merge works on local directories: the adapter is pulled from storage into the worker's
+workspace and the merged model pushed back (both no-ops on the data dir).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,11 @@ def run_export(context: WorkerContext, export_id: str) -> str | None:
     """queued -> running -> succeeded | failed; a duplicate message finds it claimed and exits."""
     if not _set_export(context, export_id, "queued", status="running"):
         return None
-    settings = context.settings
+    settings, storage = context.settings, context.storage
+    output_key = f"exports/{export_id}"
+    output = storage.workspace(output_key)
+    # On the data dir the adapter is read in place; from a bucket, into a copy of our own.
+    adapter_copy = f"{output_key}.adapter"
     try:
         from worker.training.export import export_merged
 
@@ -36,14 +44,18 @@ def run_export(context: WorkerContext, export_id: str) -> str | None:
             export = session.get_one(Export, export_id)
             job = session.get_one(Job, export.job_id)
             base = settings.catalog()[job.model]
-        output = settings.data_dir / "exports" / export_id
-        result = export_merged(
-            base,
-            settings.jobs_dir / job.id / "adapter",
-            output,
-            settings.models_dir,
-            dtype=export.dtype,
-        )
+        adapter_key = f"jobs/{job.id}/adapter"
+        adapter_dir = storage.local_path(adapter_key)
+        if adapter_dir is None:
+            adapter_dir = storage.workspace(adapter_copy)
+            storage.pull(adapter_key, adapter_dir)
+        result = export_merged(base, adapter_dir, output, settings.models_dir, dtype=export.dtype)
+        storage.push(output, output_key)
+        details = {
+            "max_abs_logit_diff": result.max_abs_logit_diff,
+            "files": result.files,
+            "bytes": sum(p.stat().st_size for p in output.iterdir() if p.is_file()),
+        }
     except Exception:
         log.exception("export %s failed", export_id)
         error = {
@@ -55,18 +67,16 @@ def run_export(context: WorkerContext, export_id: str) -> str | None:
             context, export_id, "running", status="failed", error=error, finished_at=utcnow()
         )
         return "failed"
-    details = {
-        "max_abs_logit_diff": result.max_abs_logit_diff,
-        "files": result.files,
-        "bytes": sum(p.stat().st_size for p in output.iterdir() if p.is_file()),
-    }
+    finally:
+        storage.release(output_key)
+        storage.release(adapter_copy)
     _set_export(
         context,
         export_id,
         "running",
         status="succeeded",
         finished_at=utcnow(),
-        storage_key=f"exports/{export_id}",
+        storage_key=output_key,
         details=details,
     )
     return "succeeded"

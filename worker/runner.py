@@ -7,7 +7,6 @@ cancel/pause flags read every step, and the final status, every write fenced on 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from app.services.jobs import fine_tuned_model_name, organization_name
 from app.services.transitions import compare_and_set
 from worker.context import WorkerContext
 from worker.lifecycle import Claim, Heartbeat, claim, finish
+from worker.workspace import JobWorkspace
 
 if TYPE_CHECKING:
     from worker.training.metrics import StopReason
@@ -46,6 +46,7 @@ class JobRunner:
         self.pending: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.model_name = ""
+        self.workspace = JobWorkspace(context.storage, job_id)
 
     def run(self) -> str | None:
         """Claim and train; returns the final status written, or None if not ours."""
@@ -65,12 +66,15 @@ class JobRunner:
         with heartbeat:
             self.heartbeat = heartbeat
             try:
-                return self._train()
+                status = self._train()
             except LeaseLost:
+                # The next attempt may be running on this machine, in this workspace.
                 log.warning("job %s attempt %s lost its lease", self.job_id, self.claim.attempt)
                 return None
             except Exception as exc:
-                return self._fail_from(exc)
+                status = self._fail_from(exc)
+            self.workspace.release()
+            return status
 
     # -- the story -------------------------------------------------------------------------
 
@@ -80,15 +84,17 @@ class JobRunner:
         from worker.training.engine import run_training
         from worker.training.metrics import TrainingHooks
 
-        job, train_file, validation_file, organization = self._load()
+        job, train_key, validation_key, organization = self._load()
         spec = ResolvedSpec.model_validate(job.spec)
         self._check_fits(spec)
         self.model_name = fine_tuned_model_name(job.model, organization, job.suffix, job.id)
         config = TrainingConfig.from_spec(spec, self.settings.catalog()[job.model])
+        workspace = self.workspace
+        workspace.restore()
         paths = TrainingPaths(
-            train_file=train_file,
-            validation_file=validation_file,
-            output_dir=self.settings.jobs_dir / job.id,
+            train_file=workspace.dataset(train_key),
+            validation_file=workspace.dataset(validation_key) if validation_key else None,
+            output_dir=workspace.output_dir,
             models_dir=self.settings.models_dir,
         )
         resume_from = latest_complete_checkpoint(paths.checkpoints_dir)
@@ -107,9 +113,12 @@ class JobRunner:
         self._flush(force=True)
         if result.status == "stopped":
             return self._stopped(result.stop_reason, result.global_step)
+        self._check_lease()
+        workspace.save_final(paths.adapter_dir)
         return self._succeeded(job, result.trained_tokens, paths.results_csv)
 
-    def _load(self) -> tuple[Job, Path, Path | None, str]:
+    def _load(self) -> tuple[Job, str, str | None, str]:
+        """The job, its training and validation files' storage keys, its organization."""
         with self.context.session_factory() as session:
             job = session.get_one(Job, self.job_id)
             files = {
@@ -134,11 +143,10 @@ class JobRunner:
                     "the validation file was deleted before the job ran",
                     "validation_file",
                 )
-            storage = self.context.storage
             return (
                 job,
-                storage.path(training.storage_key),
-                storage.path(validation.storage_key) if validation else None,
+                training.storage_key,
+                validation.storage_key if validation else None,
                 organization_name(session, job.organization_id),
             )
 
@@ -155,9 +163,12 @@ class JobRunner:
 
     # -- hooks -----------------------------------------------------------------------------
 
-    def _should_stop(self) -> StopReason | None:
+    def _check_lease(self) -> None:
         if self.heartbeat.lost.is_set():
             raise LeaseLost
+
+    def _should_stop(self) -> StopReason | None:
+        self._check_lease()
         with self.context.session_factory() as session:
             row = session.execute(
                 select(
@@ -185,7 +196,9 @@ class JobRunner:
 
     def _on_checkpoint(self, step: int, path: Path, metrics: Any) -> None:
         self._flush(force=True)
-        key = path.relative_to(self.settings.data_dir).as_posix()
+        self._check_lease()
+        # Stored before its row is written: a listed checkpoint can always be downloaded.
+        key = self.workspace.save_checkpoint(path)
         values = {
             "step": step,
             "train_loss": metrics.train_loss,
@@ -283,9 +296,7 @@ class JobRunner:
         file_id = new_id("file")
         key = f"files/{job.organization_id}/{file_id}"
         storage = self.context.storage
-        temp = storage.temp_path(key)
-        shutil.copyfile(results_csv, temp)
-        storage.commit(temp, key)
+        storage.put_file(results_csv, key)
         record = File(
             id=file_id,
             organization_id=job.organization_id,

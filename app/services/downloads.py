@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.db.models import Checkpoint, Job
 from app.errors import ArtifactNotFound, InvalidJobState
 from app.services.archives import SourceMissing, cached_tar_gz
-from app.storage import LocalStorage
+from app.storage import Storage
 
 COMPLETE_MARKER = "COMPLETE"
 # Newer checkpoints keep the PEFT adapter in this subfolder, beside the training state.
@@ -20,9 +19,9 @@ TRAINING_STATE_SUFFIXES = (".pt", ".pth")
 
 @dataclass(frozen=True)
 class Download:
-    """An archive on local disk and the filename a client should save it as."""
+    """An archive in storage and the filename a client should save it as."""
 
-    path: Path
+    key: str
     filename: str
 
 
@@ -36,7 +35,7 @@ def is_training_state(relative: str) -> bool:
     return name in TRAINING_STATE_FILES or name.endswith(TRAINING_STATE_SUFFIXES)
 
 
-def job_adapter(storage: LocalStorage, job: Job) -> Download:
+def job_adapter(storage: Storage, job: Job) -> Download:
     """The final adapter of a succeeded job."""
     if job.status != "succeeded":
         raise InvalidJobState(
@@ -46,36 +45,31 @@ def job_adapter(storage: LocalStorage, job: Job) -> Download:
     source = adapter_key(job.id)
     name = f"{job.id}-adapter"
     try:
-        path = cached_tar_gz(storage, source, f"{source}.tar.gz", top=name)
+        key = cached_tar_gz(storage, source, f"{source}.tar.gz", top=name)
     except SourceMissing as exc:
         raise ArtifactNotFound(
             f"job {job.id!r} has no adapter files", param="fine_tuning_job_id"
         ) from exc
-    return Download(path, f"{name}.tar.gz")
+    return Download(key, f"{name}.tar.gz")
 
 
-def checkpoint_adapter(storage: LocalStorage, checkpoint: Checkpoint) -> Download:
+def checkpoint_adapter(storage: Storage, checkpoint: Checkpoint) -> Download:
     """A complete checkpoint's adapter: its adapter/ subfolder if it has one, otherwise the
     checkpoint directory without the training state."""
     root = checkpoint.storage_key
-    if not storage.path(f"{root}/{COMPLETE_MARKER}").is_file():
+    if not storage.exists(f"{root}/{COMPLETE_MARKER}"):
         raise ArtifactNotFound(
             f"checkpoint {checkpoint.id!r} has no complete files", param="checkpoint_id"
         )
     subfolder = f"{root}/{CHECKPOINT_ADAPTER_DIR}"
-    nested = storage.path(subfolder)
-    source, skip = (
-        (subfolder, None)
-        if nested.is_dir() and not nested.is_symlink()
-        else (root, is_training_state)
-    )
+    source, skip = (subfolder, None) if storage.has_prefix(subfolder) else (root, is_training_state)
     name = f"{checkpoint.job_id}-step-{checkpoint.step_number}-adapter"
     try:
         # The archive sits beside the step-{N} directory, where the engine's resume scan
         # (which matches only `step-{N}` names) ignores it.
-        path = cached_tar_gz(storage, source, f"{root}.tar.gz", top=name, skip=skip)
+        key = cached_tar_gz(storage, source, f"{root}.tar.gz", top=name, skip=skip)
     except SourceMissing as exc:
         raise ArtifactNotFound(
             f"checkpoint {checkpoint.id!r} has no adapter files", param="checkpoint_id"
         ) from exc
-    return Download(path, f"{name}.tar.gz")
+    return Download(key, f"{name}.tar.gz")

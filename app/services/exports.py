@@ -14,7 +14,7 @@ from app.schemas.exports import ExportCreate
 from app.services.archives import SourceMissing, cached_tar_gz
 from app.services.downloads import Download
 from app.services.pagination import page_by_created
-from app.storage import LocalStorage
+from app.storage import Storage
 
 # Merged weights are mostly incompressible; the fastest level keeps the first download short.
 EXPORT_COMPRESSLEVEL = 1
@@ -77,7 +77,7 @@ def list_exports(
     )
 
 
-def export_content(storage: LocalStorage, export: Export) -> Download:
+def export_content(storage: Storage, export: Export) -> Download:
     """The merged model directory of a succeeded export, as a cached .tar.gz."""
     if export.status != "succeeded":
         raise InvalidExportState(
@@ -87,9 +87,9 @@ def export_content(storage: LocalStorage, export: Export) -> Download:
     source = export.storage_key or export_key(export.id)
     name = f"{export.id}-{export.type}-{export.dtype}"
     try:
-        path = cached_tar_gz(
+        key = cached_tar_gz(
             storage, source, f"{source}.tar.gz", top=name, compresslevel=EXPORT_COMPRESSLEVEL
         )
     except SourceMissing as exc:
         raise ArtifactNotFound(f"export {export.id!r} has no files", param="export_id") from exc
-    return Download(path, f"{name}.tar.gz")
+    return Download(key, f"{name}.tar.gz")

@@ -4,7 +4,7 @@ retrieve, download."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import (
     AfterQuery,
@@ -56,6 +56,6 @@ def read_export(export: ExportDep) -> ExportPublic:
 
 
 @router.get("/{export_id}/content", response_class=FileResponse, responses=TARBALL_RESPONSE)
-def read_export_content(export: ExportDep, storage: StorageDep) -> FileResponse:
+def read_export_content(export: ExportDep, storage: StorageDep) -> Response:
     """The merged model directory of a succeeded export."""
-    return tarball(export_service.export_content(storage, export))
+    return tarball(storage, export_service.export_content(storage, export))
