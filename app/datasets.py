@@ -230,18 +230,21 @@ def iter_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
     """
     number = 0
     while True:
-        chunk = stream.readline(max_line_bytes + 1)
+        # Room for a CRLF (and a BOM on line 1) beyond the cap: neither counts toward it.
+        limit = max_line_bytes + 2 + (len(UTF8_BOM) if number == 0 else 0)
+        chunk = stream.readline(limit)
         if not chunk:
             return
         number += 1
-        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
+        unfinished = len(chunk) == limit and not chunk.endswith(b"\n")
+        line = chunk[len(UTF8_BOM) :] if number == 1 and chunk.startswith(UTF8_BOM) else chunk
+        line = line.rstrip(b"\r\n")
+        if unfinished or len(line) > max_line_bytes:
             while chunk and not chunk.endswith(b"\n"):
                 chunk = stream.readline(READ_CHUNK)
             yield number, None
             continue
-        if number == 1 and chunk.startswith(UTF8_BOM):
-            chunk = chunk[len(UTF8_BOM) :]
-        yield number, chunk.rstrip(b"\r\n")
+        yield number, line
 
 
 def parse_line(raw: bytes, line: int) -> Example | list[Problem]:

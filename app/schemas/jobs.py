@@ -43,11 +43,12 @@ class JobCreate(StrictModel):
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
 
-    @field_validator("model")
+    @field_validator("model", "training_file", "validation_file")
     @classmethod
-    def _no_control_characters(cls, value: str) -> str:
-        if any(ord(c) < 32 for c in value):
-            raise ValueError("model must not contain control characters")
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        # Names and ids never hold them, and PostgreSQL cannot compare text with NUL.
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters")
         return value
 
     def requested_hyperparameters(self) -> Hyperparameters:

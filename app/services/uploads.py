@@ -8,19 +8,26 @@ without Content-Length included) and the upload is refused the moment it passes 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidRequest, PayloadTooLarge
 
 MAX_PARTS = 8
+# The upload form's fields; anything else (an organization, a status...) is refused.
+FORM_FIELDS = frozenset({"file", "purpose"})
 MAX_FIELD_BYTES = 1024
 # Part headers and boundaries ride on top of the file bytes.
 ENVELOPE_ALLOWANCE = 64 * 1024
+MAX_FILENAME_CHARS = 255
+# The filename is display-only, but it is stored: no control characters (PostgreSQL refuses NUL).
+FILENAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -51,6 +58,7 @@ class MultipartReceiver:
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
+        # python-multipart bounds each part's headers (count and size) itself.
         self._parser = MultipartParser(
             boundary,
             {
@@ -65,10 +73,16 @@ class MultipartReceiver:
         )
 
     def feed(self, chunk: bytes) -> None:
-        self._parser.write(chunk)
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise _malformed(exc) from exc
 
     def finish(self) -> ReceivedUpload:
-        self._parser.finalize()
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise _malformed(exc) from exc
         self.result.sha256 = self._digest.hexdigest()
         return self.result
 
@@ -87,8 +101,15 @@ class MultipartReceiver:
     def _on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get("content-disposition", b""))
         self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._part.name not in FORM_FIELDS:
+            raise InvalidRequest(
+                f"unknown form field {self._part.name[:64]!r}; send only file and purpose",
+                param=self._part.name[:64] or None,
+                code="unknown_field",
+            )
         if b"filename" in options:
-            self._part.filename = options[b"filename"].decode("utf-8", "replace")[:255]
+            filename = options[b"filename"].decode("utf-8", "replace")
+            self._part.filename = FILENAME_CONTROL.sub("_", filename)[:MAX_FILENAME_CHARS]
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part.name == "file" and self._part.filename is not None:
@@ -115,6 +136,10 @@ class MultipartReceiver:
             self.result.filename = self._part.filename
         elif self._part.name:
             self.result.fields[self._part.name] = self._part.data.decode("utf-8", "replace")
+
+
+def _malformed(exc: FormParserError) -> InvalidRequest:
+    return InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart")
 
 
 def multipart_boundary(content_type: str | None) -> bytes:

@@ -59,8 +59,12 @@ def resolve_model_dir(entry: CatalogEntry, models_dir: Path) -> Path:
 def check_model_dir(entry: CatalogEntry, directory: Path) -> None:
     """Refuse a missing model and pickle-only weights (loading a pickle can run code)."""
     if not (directory / "config.json").is_file():
+        # The message reaches the tenant: it names the model, never the server's path.
         raise TrainingInputError(
-            "model_not_found", f"model {entry.id!r}: no config.json in {directory}", "model"
+            "model_not_found",
+            f"model {entry.id!r} is not installed on this worker (no config.json where the "
+            "catalog points)",
+            "model",
         )
     if not any(directory.glob("*.safetensors")):
         raise TrainingInputError(
