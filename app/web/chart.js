@@ -1,0 +1,133 @@
+// The loss chart: training loss as a line, validation loss as a line with markers, drawn
+// as SVG. Points are keyed by step, so steps trained again after a resume replace the old.
+
+const SVG = "http://www.w3.org/2000/svg";
+const WIDTH = 800;
+const HEIGHT = 300;
+const MARGIN = { top: 12, right: 16, bottom: 34, left: 56 };
+const TICKS = 5;
+
+function svgEl(tag, attributes = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+// Round tick values: 1, 2 or 5 times a power of ten.
+function ticks(min, max, count) {
+  const span = max - min || 1;
+  const raw = span / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const values = [];
+  for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) {
+    values.push(Number(v.toPrecision(12)));
+  }
+  return values;
+}
+
+export class LossChart {
+  constructor(svg) {
+    this.svg = svg;
+    this.train = new Map();
+    this.eval = new Map();
+    this.totalSteps = 0;
+    this.pending = false;
+  }
+
+  add(metrics) {
+    if (metrics.train_loss != null) this.train.set(metrics.step, metrics.train_loss);
+    if (metrics.eval_loss != null) this.eval.set(metrics.step, metrics.eval_loss);
+    this.totalSteps = Math.max(this.totalSteps, metrics.total_steps || 0);
+    this.schedule();
+  }
+
+  // Draw at most once per animation frame, however many events arrived.
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.draw();
+    });
+  }
+
+  series(map) {
+    return [...map.entries()].sort((a, b) => a[0] - b[0]);
+  }
+
+  draw() {
+    const train = this.series(this.train);
+    const evals = this.series(this.eval);
+    const all = [...train, ...evals];
+    this.svg.replaceChildren();
+    this.svg.dataset.trainPoints = String(train.length);
+    this.svg.dataset.evalPoints = String(evals.length);
+    if (all.length === 0) {
+      this.svg.setAttribute("aria-label", "Loss chart: no points yet");
+      return;
+    }
+    // Loops, not Math.min(...points): a long job has more points than a call takes arguments.
+    // The x axis ends at the newest step (the progress bar shows how far that is), so the
+    // first steps of a long job are readable too.
+    let lastStep = 10;
+    let low = Infinity;
+    let high = -Infinity;
+    for (const [step, loss] of all) {
+      lastStep = Math.max(lastStep, step);
+      low = Math.min(low, loss);
+      high = Math.max(high, loss);
+    }
+    const pad = (high - low) * 0.05 || Math.abs(high) * 0.05 || 1;
+    low -= pad;
+    high += pad;
+    const plotW = WIDTH - MARGIN.left - MARGIN.right;
+    const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
+    const x = (step) => MARGIN.left + (step / lastStep) * plotW;
+    const y = (loss) => MARGIN.top + (1 - (loss - low) / (high - low)) * plotH;
+    this.axes(x, y, lastStep, low, high);
+    const path = (points) =>
+      points.map(([s, l], i) => `${i ? "L" : "M"}${x(s).toFixed(1)},${y(l).toFixed(1)}`).join("");
+    this.svg.append(svgEl("path", { d: path(train), class: "line train-line" }));
+    if (evals.length) {
+      this.svg.append(svgEl("path", { d: path(evals), class: "line eval-line" }));
+      for (const [step, loss] of evals) {
+        const marker = svgEl("circle", { cx: x(step), cy: y(loss), r: 3.5, class: "eval-point" });
+        marker.append(svgEl("title", {}, `step ${step}: validation loss ${loss.toFixed(4)}`));
+        this.svg.append(marker);
+      }
+    }
+    const [step, loss] = train.at(-1) || evals.at(-1);
+    this.svg.setAttribute(
+      "aria-label",
+      `Loss chart: ${train.length} training points up to step ${step} of ${this.totalSteps || "?"}, ` +
+        `latest training loss ${loss.toFixed(4)}` +
+        (evals.length ? `, latest validation loss ${evals.at(-1)[1].toFixed(4)}` : ""),
+    );
+  }
+
+  axes(x, y, lastStep, low, high) {
+    const bottom = HEIGHT - MARGIN.bottom;
+    const group = svgEl("g", { class: "axes", "aria-hidden": "true" });
+    for (const value of ticks(low, high, TICKS)) {
+      if (value < low || value > high) continue;
+      group.append(
+        svgEl("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: y(value), y2: y(value), class: "grid" }),
+        svgEl("text", { x: MARGIN.left - 6, y: y(value) + 4, "text-anchor": "end" }, value.toString()),
+      );
+    }
+    for (const value of ticks(0, lastStep, TICKS)) {
+      if (!Number.isInteger(value)) continue;
+      group.append(
+        svgEl("line", { x1: x(value), x2: x(value), y1: bottom, y2: bottom + 5, class: "tick" }),
+        svgEl("text", { x: x(value), y: bottom + 18, "text-anchor": "middle" }, String(value)),
+      );
+    }
+    group.append(
+      svgEl("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: bottom, y2: bottom, class: "axis" }),
+      svgEl("text", { x: WIDTH - MARGIN.right, y: HEIGHT - 2, "text-anchor": "end" }, "step"),
+    );
+    this.svg.append(group);
+  }
+}

@@ -1,0 +1,234 @@
+// One job: live loss chart and stats from its event stream, events log, checkpoints,
+// exports, and the actions (cancel, pause, resume, downloads, merged export).
+
+import { api, downloadFile, streamEvents } from "./api.js";
+import { LossChart } from "./chart.js";
+import {
+  TERMINAL,
+  el,
+  etaSeconds,
+  formatDuration,
+  formatNumber,
+  formatRate,
+  formatTime,
+  statusBadge,
+} from "./format.js";
+
+const POLL_MS = 2000;
+const PENDING_EXPORT = new Set(["queued", "running"]);
+
+export function render(root, { id }, { announce }) {
+  const $ = (selector) => root.querySelector(selector);
+  const path = `/fine_tuning/jobs/${encodeURIComponent(id)}`;
+  const controller = new AbortController();
+  const chart = new LossChart($("#loss-chart"));
+  const buttons = {
+    cancel: $("#job-cancel"),
+    pause: $("#job-pause"),
+    resume: $("#job-resume"),
+    download: $("#job-download"),
+    export: $("#export-start"),
+  };
+  let job = null;
+  let latest = null;
+  let exportsPending = false;
+  let timer = null;
+  $("#job-id").textContent = id;
+
+  function showError(message) {
+    $("#job-error").textContent = message;
+  }
+
+  function showJob(current) {
+    const changed = job && job.status !== current.status;
+    job = current;
+    $("#job-status").replaceChildren(statusBadge(job.status));
+    if (changed) announce(`Job ${job.id}: ${job.status.replace("_", " ")}.`);
+    const terminal = TERMINAL.has(job.status);
+    buttons.cancel.disabled = terminal || job.cancel_requested;
+    buttons.pause.disabled = !["queued", "running"].includes(job.status) || job.pause_requested;
+    buttons.resume.disabled = job.status !== "paused";
+    buttons.download.disabled = job.status !== "succeeded";
+    buttons.export.disabled = job.status !== "succeeded";
+    $("#job-model").textContent = job.model;
+    $("#job-fine-tuned").textContent = job.fine_tuned_model || "–";
+    $("#job-training-file").textContent = job.training_file;
+    $("#job-created").textContent = formatTime(job.created_at);
+    $("#job-finished").textContent = formatTime(job.finished_at);
+    $("#stat-attempt").textContent = String(job.attempt);
+    $("#stat-trained").textContent = job.trained_tokens?.toLocaleString() ?? latest?.trained_tokens?.toLocaleString() ?? "–";
+    const h = job.hyperparameters;
+    $("#job-settings").textContent =
+      `${h.n_epochs} epochs · batch ${h.batch_size} · lr ${job.training.learning_rate.toExponential(1)} · ` +
+      `r ${job.lora.r}, alpha ${job.lora.alpha} · ${job.quantization.bits ? `${job.quantization.bits}-bit` : "16-bit"}` +
+      ` · max ${job.training.max_seq_length} tokens${job.training.packing ? " · packing" : ""}`;
+    showError(job.error ? `${job.error.code}: ${job.error.message}` : "");
+    showEta();
+  }
+
+  function showEta() {
+    const running = job && !TERMINAL.has(job.status) && job.status !== "paused";
+    $("#stat-eta").textContent = running ? formatDuration(etaSeconds(job, latest)) : "–";
+  }
+
+  function showMetrics(metrics) {
+    latest = metrics;
+    const progress = $("#job-progress");
+    progress.max = metrics.total_steps;
+    progress.value = metrics.step;
+    $("#job-steps").textContent = `step ${metrics.step} of ${metrics.total_steps}`;
+    $("#stat-train-loss").textContent = formatNumber(metrics.train_loss);
+    if (metrics.eval_loss != null) $("#stat-eval-loss").textContent = formatNumber(metrics.eval_loss);
+    $("#stat-lr").textContent = formatRate(metrics.lr);
+    $("#stat-tokens").textContent = formatNumber(metrics.tokens_per_second, 1);
+    $("#stat-epoch").textContent = formatNumber(metrics.epoch, 2);
+    if (!job?.trained_tokens) $("#stat-trained").textContent = metrics.trained_tokens.toLocaleString();
+    showEta();
+  }
+
+  function logEvent(event) {
+    const log = $("#events-log");
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.append(
+      el(
+        "li",
+        { className: `level-${event.level}` },
+        el("time", { dateTime: new Date(event.created_at * 1000).toISOString() }, formatTime(event.created_at)),
+        " ",
+        event.message,
+      ),
+    );
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  function checkpointRow(checkpoint) {
+    const download = el("button", { type: "button", className: "secondary small" }, "Download");
+    download.setAttribute("aria-label", `Download the adapter of checkpoint step ${checkpoint.step_number}`);
+    download.addEventListener("click", () =>
+      runDownload(`${path}/checkpoints/${encodeURIComponent(checkpoint.id)}/adapter`, `checkpoint ${checkpoint.step_number}`),
+    );
+    return el(
+      "tr",
+      { dataset: { step: String(checkpoint.step_number) } },
+      el("td", { className: "num" }, String(checkpoint.step_number)),
+      el("td", { className: "num" }, formatNumber(checkpoint.metrics.train_loss)),
+      el("td", { className: "num" }, formatNumber(checkpoint.metrics.valid_loss)),
+      el("td", {}, download),
+    );
+  }
+
+  function exportRow(item) {
+    const cells = [
+      el("td", {}, el("code", {}, item.id)),
+      el("td", {}, item.dtype),
+      el("td", {}, statusBadge(item.status)),
+      el("td", {}, item.error ? item.error.message : item.details?.max_logit_diff != null ? `max logit diff ${formatRate(item.details.max_logit_diff)}` : ""),
+    ];
+    const action = el("td", {});
+    if (item.status === "succeeded") {
+      const download = el("button", { type: "button", className: "secondary small" }, "Download");
+      download.setAttribute("aria-label", `Download merged export ${item.id}`);
+      download.addEventListener("click", () =>
+        runDownload(`${path}/exports/${encodeURIComponent(item.id)}/content`, `merged export ${item.id}`),
+      );
+      action.append(download);
+    }
+    return el("tr", { dataset: { exportId: item.id, status: item.status } }, ...cells, action);
+  }
+
+  async function refreshCheckpoints() {
+    const page = await api(`${path}/checkpoints?limit=100`);
+    $("#checkpoints-table tbody").replaceChildren(...page.data.map(checkpointRow));
+    $("#checkpoints-empty").hidden = page.data.length > 0;
+  }
+
+  async function refreshExports() {
+    const page = await api(`${path}/exports?limit=100`);
+    $("#exports-table tbody").replaceChildren(...page.data.map(exportRow));
+    exportsPending = page.data.some((item) => PENDING_EXPORT.has(item.status));
+  }
+
+  async function refreshAll() {
+    showJob(await api(path, { signal: controller.signal }));
+    await Promise.all([refreshCheckpoints(), refreshExports()]);
+  }
+
+  function schedulePoll() {
+    clearTimeout(timer);
+    if (controller.signal.aborted) return;
+    if (job && TERMINAL.has(job.status) && !exportsPending) return;
+    timer = setTimeout(async () => {
+      try {
+        await refreshAll();
+      } catch (error) {
+        if (!controller.signal.aborted) showError(error.message);
+      }
+      schedulePoll();
+    }, POLL_MS);
+  }
+
+  async function runDownload(downloadPath, what) {
+    announce(`Downloading ${what}…`);
+    try {
+      const saved = await downloadFile(downloadPath, `${id}.tar.gz`);
+      announce(`Downloaded ${saved.name} (${saved.bytes.toLocaleString()} bytes).`);
+    } catch (error) {
+      showError(`Download failed: ${error.message}`);
+    }
+  }
+
+  async function action(name, verb) {
+    try {
+      showJob(await api(`${path}/${name}`, { method: "POST" }));
+      announce(`${verb}: job ${id} is now ${job.status}${job.cancel_requested || job.pause_requested ? " (after the current step)" : ""}.`);
+      schedulePoll();
+    } catch (error) {
+      showError(`${verb} failed: ${error.message}`);
+    }
+  }
+
+  buttons.cancel.addEventListener("click", () => action("cancel", "Cancel"));
+  buttons.pause.addEventListener("click", () => action("pause", "Pause"));
+  buttons.resume.addEventListener("click", () => action("resume", "Resume"));
+  buttons.download.addEventListener("click", () => runDownload(`${path}/adapter`, "the adapter"));
+  $("#export-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const dtype = $("#export-dtype").value;
+      const created = await api(`${path}/exports`, { method: "POST", json: { type: "merged", dtype } });
+      announce(`Started merged export ${created.id}.`);
+      await refreshExports();
+      schedulePoll();
+    } catch (error) {
+      showError(`Export failed: ${error.message}`);
+    }
+  });
+
+  streamEvents(`${path}/events?stream=true`, {
+    signal: controller.signal,
+    onEvent(type, event) {
+      if (type === "metrics" && event.data) {
+        chart.add(event.data);
+        showMetrics(event.data);
+      } else {
+        logEvent(event);
+      }
+    },
+  })
+    .then(async (done) => {
+      if (!done) return;
+      $("#events-log").dataset.ended = done.status || "";
+      await refreshAll();
+      schedulePoll();
+    })
+    .catch((error) => showError(`Event stream: ${error.message}`));
+
+  refreshAll()
+    .then(schedulePoll)
+    .catch((error) => showError(error.message));
+
+  return () => {
+    controller.abort();
+    clearTimeout(timer);
+  };
+}

@@ -1,0 +1,130 @@
+"""`loraforge files` and `loraforge jobs` in process, against the real app through a
+TestClient (an httpx.Client): output formats, exit codes and the requests they make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner, Result
+
+from app.cli import cli
+from app.client.http import LoraforgeClient
+from tests.conftest import RecordingEnqueuer
+from tests.factories import Tenant, chat_dataset, jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def run(client: TestClient, tenant_a: Tenant):
+    def invoke(*args: str) -> Result:
+        # TestClient speaks httpx's API (it is an httpx2.Client): the app, in process.
+        http = cast(httpx.Client, client)
+        return runner.invoke(cli, list(args), obj=LoraforgeClient(http, tenant_a.key))
+
+    return invoke
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(chat_dataset(12))
+    return path
+
+
+def test_upload_prints_only_the_file_id_on_stdout(run: Any, dataset: Path):
+    result = run("files", "upload", str(dataset))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith("file-")
+    assert "12 chat examples" in result.stderr
+    listed = [json.loads(line) for line in run("files", "list").stdout.splitlines()]
+    assert [f["id"] for f in listed] == [result.stdout.strip()]
+
+
+def test_refused_upload_exits_1_with_each_problem_by_line(run: Any, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(chat_dataset(11) + jsonl({"messages": "nope"}, "not json"))
+    result = run("files", "upload", str(bad))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "error: the dataset was refused (2 problems):" in result.stderr
+    assert "line 12, messages:" in result.stderr
+    assert "line 13" in result.stderr and "(invalid_json)" in result.stderr
+
+
+def test_create_sends_only_the_options_given(run: Any, dataset: Path, enqueuer: RecordingEnqueuer):
+    created = run(
+        "jobs", "create", "--model", "loraforge/tiny-random-llama", "--training-file",
+        str(dataset), "--epochs", "2", "--lr-multiplier", "0.5", "--r", "8", "--alpha", "16",
+        "--bits", "none", "--max-steps", "30", "--packing", "--target-modules", "q_proj,v_proj",
+        "--suffix", "demo", "--metadata", "team=nlp",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    job_id = created.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("ftjob-")
+    assert enqueuer.sent[-1].args == [job_id]
+    job = json.loads(run("jobs", "get", job_id).stdout)
+    assert job["hyperparameters"]["n_epochs"] == 2
+    assert job["hyperparameters"]["learning_rate_multiplier"] == 0.5
+    assert job["hyperparameters"]["batch_size"] == 4  # auto, resolved by the server
+    assert job["lora"] | {"dropout": None} == {
+        "r": 8, "alpha": 16.0, "dropout": None, "target_modules": ["q_proj", "v_proj"]
+    }  # fmt: skip
+    assert job["quantization"]["bits"] is None
+    assert job["training"]["max_steps"] == 30
+    assert job["training"]["packing"] is True
+    assert job["training"]["max_seq_length"] == 1024  # a default, left to the server
+    assert job["metadata"] == {"team": "nlp"}
+
+
+def test_actions_print_human_lines_and_bad_states_exit_1(run: Any, dataset: Path):
+    file_id = run("files", "upload", str(dataset)).stdout.strip()
+    job_id = run("jobs", "create", "-m", "loraforge/tiny-random-llama", "-t", file_id).stdout
+    job_id = job_id.strip()
+    assert run("jobs", "pause", job_id).stdout.strip() == f"{job_id}: paused"
+    assert run("jobs", "resume", job_id).stdout.strip() == f"{job_id}: queued"
+    assert run("jobs", "cancel", job_id).stdout.strip() == f"{job_id}: cancelled"
+    refused = run("jobs", "resume", job_id)
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == "error: cannot resume a job that is cancelled"
+    listed = [json.loads(line) for line in run("jobs", "list").stdout.splitlines()]
+    assert [(j["id"], j["status"]) for j in listed] == [(job_id, "cancelled")]
+
+
+def test_watch_of_a_cancelled_job_exits_1(run: Any, dataset: Path):
+    file_id = run("files", "upload", str(dataset)).stdout.strip()
+    job_id = run("jobs", "create", "-m", "loraforge/tiny-random-llama", "-t", file_id).stdout
+    run("jobs", "cancel", job_id.strip())
+    watched = run("jobs", "watch", job_id.strip())
+    assert watched.exit_code == 1
+    assert "Fine-tuning job cancelled" in watched.stderr
+    assert watched.stderr.strip().endswith(f"error: {job_id.strip()} cancelled")
+    assert watched.stdout == ""
+
+
+def test_unknown_ids_print_the_server_message(run: Any):
+    for args in (("jobs", "get", "ftjob-nope"), ("files", "delete", "file-nope")):
+        result = run(*args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: no ")
+    missing = run("jobs", "download", "ftjob-nope", "--out", "/nonexistent/never")
+    assert missing.exit_code == 1
+    assert "no fine-tuning job with id 'ftjob-nope'" in missing.stderr
+
+
+def test_missing_key_and_unreachable_server_exit_1(tmp_path: Path):
+    no_key = runner.invoke(cli, ["jobs", "list"], env={"LORAFORGE_API_KEY": ""})
+    assert no_key.exit_code == 1
+    assert "no API key" in no_key.stderr
+    unreachable = runner.invoke(
+        cli,
+        ["jobs", "list"],
+        env={"LORAFORGE_API_KEY": "lf-x", "LORAFORGE_BASE_URL": "http://127.0.0.1:9"},
+    )
+    assert unreachable.exit_code == 1
+    assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
