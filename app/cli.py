@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from app.client.files_commands import files_cli
+from app.client.jobs_commands import jobs_cli
 from app.config import get_settings
 
 cli = typer.Typer(
@@ -20,6 +22,9 @@ SHUTDOWN_GRACE_S = 5
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+# Clients of a running server, over HTTP (LORAFORGE_BASE_URL, LORAFORGE_API_KEY).
+cli.add_typer(files_cli, name="files")
+cli.add_typer(jobs_cli, name="jobs")
 
 
 def _session_factory():  # type: ignore[no-untyped-def]
@@ -50,6 +55,7 @@ def api(
     """Run the API server alone (migrations are applied first)."""
     import uvicorn
 
+    from app.api.server_options import HTTP_OPTIONS
     from app.db.migrate import upgrade_head
 
     settings = get_settings()
@@ -61,6 +67,7 @@ def api(
         port=port,
         workers=workers,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        **HTTP_OPTIONS,
     )
 
 

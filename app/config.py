@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.catalog import CatalogEntry, build_catalog
@@ -42,6 +42,23 @@ class Settings(BaseSettings):
         4 * MiB, description=("Longest JSONL line (`line_too_long` beyond, never buffered)")
     )
     min_training_examples: int = Field(10, description="Fewer is `too_few_examples`")
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description=(
+            "Requests a minute per API key, in bursts of as many (429 with Retry-After beyond); "
+            "counted in each API process; 0: no limit"
+        ),
+    )
+    max_concurrent_jobs: int = Field(
+        10, ge=0, description="Jobs an organization may have queued or running at once; 0: no limit"
+    )
+    max_stored_bytes: int = Field(
+        10 * 1024 * MiB,
+        ge=0,
+        description="Bytes of uploaded files an organization may keep; 0: no limit",
+    )
+    max_files: int = Field(1000, ge=0, description="Files an organization may keep; 0: no limit")
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description=(
@@ -90,12 +107,44 @@ class Settings(BaseSettings):
     run_migrations_on_start: bool = Field(
         True, description=("Apply migrations when the API starts")
     )
+    storage_backend: Literal["local", "s3"] = Field(
+        "local",
+        description=(
+            "Artifacts (uploads, checkpoints, adapters, results, exports): `local` in the data "
+            "dir, or `s3`: an S3-compatible bucket shared by every machine"
+        ),
+    )
+    s3_bucket: str = Field("", description="The bucket, for `s3` storage")
+    s3_prefix: str = Field("", description="Object names start with this prefix, e.g. `loraforge`")
+    s3_endpoint_url: str = Field(
+        "", description="e.g. `http://minio:9000`; empty: AWS S3 (boto3's default endpoint)"
+    )
+    s3_region: str = Field("", description="Region name; empty: boto3's default")
+    s3_access_key_id: str = Field(
+        "", description="Access key; empty: boto3's chain (`AWS_*` variables, instance role)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret key, with `LORAFORGE_S3_ACCESS_KEY_ID`"
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` for MinIO and most self-hosted S3 servers"
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description=(
+            "Local scratch for `s3` storage: job workspaces, fetched datasets, staged uploads "
+            "and archives; empty: `cache` in the data dir"
+        ),
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'loraforge.db').resolve()}"
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
 
     def catalog(self) -> dict[str, CatalogEntry]:
         return build_catalog(self.models)

@@ -107,3 +107,23 @@ class Unavailable(ApiError):
     status_code = 503
     error_type = "server_error"
     code = "service_unavailable"
+
+
+class RateLimited(ApiError):
+    """Too many requests with one key; Retry-After says when to try again."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ApiError):
+    """An organization's limit (jobs at once, stored bytes, files); retrying will not help
+    until something is cancelled or deleted, so clients are told not to retry."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code, headers={"x-should-retry": "false"})

@@ -13,13 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import exports, files, health, jobs, models
+from app.api.guards import ControlCharacterGuard
+from app.api.ratelimit import RateLimiter
+from app.api.routes import estimates, exports, files, health, jobs, models, web
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
 from app.db.session import make_engine, make_session_factory
 from app.errors import ApiError
 from app.queue import CeleryEnqueuer, Enqueuer
-from app.storage import LocalStorage
+from app.storage import build_storage
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +128,15 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.storage = LocalStorage(settings.data_dir)
+    app.state.storage = build_storage(settings)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    for module in (health, files, jobs, exports, models):
+    app.add_middleware(ControlCharacterGuard)
+    for module in (health, files, jobs, estimates, exports, models, web):
         app.include_router(module.router)
     return app

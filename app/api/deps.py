@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.ratelimit import RateLimiter
 from app.config import Settings
 from app.db.models import Checkpoint, Export, File, Job
 from app.errors import Unauthenticated
@@ -18,7 +19,7 @@ from app.services import exports as export_service
 from app.services import files as file_service
 from app.services import jobs as job_service
 from app.services.keys import authenticate
-from app.storage import LocalStorage
+from app.storage import Storage
 
 MAX_PAGE_SIZE = 100
 
@@ -41,8 +42,8 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
-def get_storage(request: Request) -> LocalStorage:
-    storage: LocalStorage = request.app.state.storage
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
     return storage
 
 
@@ -52,22 +53,27 @@ def get_enqueuer(request: Request) -> Enqueuer:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed when the handler returns, before the body is sent: a slow reader of a download must
+# not hold a pooled connection (a few dozen of them would stall every other request).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
 def current_organization_id(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The organization of a live API key, or 401."""
+    """The organization of a live API key, or 401; 429 past the key's rate limit."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     record = authenticate(session, credentials.credentials)
     if record is None:
         raise Unauthenticated("invalid or revoked API key")
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.take(record.id)
     return record.organization_id
 
 

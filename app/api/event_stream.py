@@ -33,7 +33,20 @@ SSE_RESPONSE: dict[str, Any] = {
         "id, for Last-Event-ID), `event` (message or metrics) and `data` (the event object); "
         "`: keep-alive` comments while idle; a last `event: done` with the job's status."
     ),
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    # OpenAPI 3.2's itemSchema: the shape of one event, as an SSE parser hands it over.
+    "content": {
+        "text/event-stream": {
+            "itemSchema": {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "event": {"type": "string", "enum": ["message", "metrics", "done"]},
+                    "data": {"type": "string", "contentMediaType": "application/json"},
+                },
+            }
+        }
+    },
 }
 
 

@@ -14,8 +14,9 @@ from app.db.base import new_id
 from app.db.models import File
 from app.errors import DatasetInvalid, FileNotFound, InvalidRequest
 from app.services.pagination import page_by_created
+from app.services.quotas import check_storage
 from app.services.uploads import ReceivedUpload
-from app.storage import LocalStorage
+from app.storage import Storage
 
 UPLOAD_PURPOSES = frozenset({"fine-tune"})
 
@@ -36,7 +37,7 @@ def check_purpose(purpose: str | None) -> str:
 
 def store_upload(
     session: Session,
-    storage: LocalStorage,
+    storage: Storage,
     settings: Settings,
     *,
     organization_id: str,
@@ -71,6 +72,7 @@ def store_upload(
                 "problem_count": report.problem_count,
             },
         )
+    check_storage(session, settings, organization_id, upload.bytes)
     file_id = new_id("file")
     key = storage_key(organization_id, file_id)
     storage.commit(temp_path, key)
@@ -114,7 +116,7 @@ def list_files(
     )
 
 
-def delete_file(session: Session, storage: LocalStorage, record: File) -> None:
+def delete_file(session: Session, storage: Storage, record: File) -> None:
     session.delete(record)
     session.commit()
     storage.delete(record.storage_key)

@@ -22,10 +22,11 @@ from app.errors import (
 )
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate
-from app.schemas.spec import resolve_spec
+from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event
 from app.services.pagination import page_by_created
+from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
 
 # A concurrent worker can move a job between our read and our write; retry that many times.
@@ -74,7 +75,10 @@ def _replay(session: Session, organization_id: str, key: str, body: JobCreate) -
     return session.get(Job, record.job_id)
 
 
-def _new_job(session: Session, settings: Settings, organization_id: str, body: JobCreate) -> Job:
+def resolve_request(
+    session: Session, settings: Settings, organization_id: str, body: JobCreate
+) -> ResolvedSpec:
+    """Check the model and the tenant's files, then fill in every "auto" (creates nothing)."""
     if body.model not in settings.catalog():
         raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
@@ -84,16 +88,19 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         hyperparameters = body.requested_hyperparameters()
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="hyperparameters") from exc
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    spec = resolve_spec(
+    return resolve_spec(
         model=body.model,
-        seed=seed,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         n_train_examples=int(training.stats.get("examples", 0)),
         hyperparameters=hyperparameters,
         lora=body.lora,
         quantization=body.quantization,
         training=body.training,
     )
+
+
+def _new_job(session: Session, settings: Settings, organization_id: str, body: JobCreate) -> Job:
+    spec = resolve_request(session, settings, organization_id, body)
     return Job(
         id=new_id("ftjob"),
         queue=route(settings, spec),
@@ -102,7 +109,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         training_file_id=body.training_file,
         validation_file_id=body.validation_file,
         suffix=body.suffix,
-        seed=seed,
+        seed=spec.seed,
         metadata_=body.metadata,
         spec=spec.model_dump(mode="json"),
         status="queued",
@@ -126,6 +133,7 @@ def create_job(
         if replayed is not None:
             return replayed
     job = _new_job(session, settings, organization_id, body)
+    check_job_slot(session, settings, organization_id)
     session.add(job)
     session.flush()  # the job row first: events and the idempotency key reference it
     add_event(session, job, f"Created fine-tuning job: {job.id}")
@@ -247,6 +255,8 @@ def pause_job(session: Session, job: Job) -> Job:
 
 def resume_job(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> Job:
     """A paused job goes back to the queue and continues from its newest checkpoint."""
+    if job.status == "paused":
+        check_job_slot(session, settings, job.organization_id)
     job = _change(
         session,
         job,

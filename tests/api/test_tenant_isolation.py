@@ -5,20 +5,26 @@ A new route whose path parameter is not in ID_FIXTURES fails here until it is ad
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.db.base import Base
 from app.db.models import Job
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_export, chat_dataset
+from tests.hardening.seed import MODEL, seed_organization
 
 # Columns that legitimately change when A is not the caller: none of A's, but B's key use.
 VOLATILE = {("api_key", "last_used_at")}
+# Routes with a path parameter that serve no tenant's data, and why.
+NO_TENANT_DATA = {"/ui/{name}": "the dashboard's static assets, the same for everyone"}
 
 
 def seed_tenant_a(
@@ -65,14 +71,23 @@ def snapshot(factory: sessionmaker[Session], organization_id: str) -> dict[str, 
 
 
 def id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
-    """(method, path template, path parameters) of every operation that takes an id."""
+    """(method, path template, path parameters) of every route that takes an id: the whole
+    route table, routes left out of the OpenAPI schema included."""
     routes = []
-    for path, operations in client.app.openapi()["paths"].items():  # type: ignore[attr-defined]
-        for method, operation in operations.items():
-            params = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
-            if params:
-                routes.append((method.upper(), path, params))
+    for route in all_routes(client.app.routes):  # type: ignore[attr-defined]
+        if not isinstance(route, APIRoute) or route.path_format in NO_TENANT_DATA:
+            continue
+        params = list(route.param_convertors)
+        for method in sorted((route.methods or set()) - {"HEAD"}) if params else ():
+            routes.append((method, route.path_format, params))
     return routes
+
+
+def all_routes(routes: list[Any]) -> Iterator[Any]:
+    """Every route, through included routers (FastAPI keeps those as nested route lists)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from all_routes(included.routes) if included is not None else [route]
 
 
 def test_every_route_with_an_id_answers_404_to_another_tenant(
@@ -126,3 +141,102 @@ def test_cursor_from_another_tenant_is_refused(
     response = client.get(f"/v1/files?after={ids['file_id']}", headers=tenant_b.headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+def test_another_tenants_child_ids_under_an_own_job_answer_404(
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+):
+    """The child lookup checks the tenant too: B's own job with A's checkpoint or export."""
+    ids = seed_tenant_a(client, tenant_a, session_factory)
+    own = seed_organization(session_factory, settings.data_dir, tenant_b.organization_id)
+    before = snapshot(session_factory, tenant_a.organization_id)
+    nested = [(m, path, params) for m, path, params in id_routes(client) if len(params) > 1]
+    assert nested
+    for method, path, params in nested:
+        url = path.replace("{fine_tuning_job_id}", own.succeeded_job_id)
+        for param in params:
+            url = url.replace("{" + param + "}", ids[param])
+        response = client.request(method, url, headers=tenant_b.headers)
+        assert response.status_code == 404, f"{method} {path}: {response.status_code}"
+    assert snapshot(session_factory, tenant_a.organization_id) == before
+
+
+def body_references(client: TestClient) -> list[tuple[str, str]]:
+    """(path, field) of every JSON body field that names another object."""
+    schema = client.app.openapi()  # type: ignore[attr-defined]
+    found = []
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            ref = content.get("application/json", {}).get("schema", {}).get("$ref")
+            if ref is None:
+                continue
+            properties = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+            for field in properties:
+                if field.endswith(("_file", "_id", "_ids")):
+                    assert field in BODY_REFERENCES, f"{path}: add {field!r} to BODY_REFERENCES"
+                    found.append((path, field))
+    return found
+
+
+# Body fields that name a tenant's object, and the error code a stranger's id gets.
+BODY_REFERENCES = {"training_file": "file_not_found", "validation_file": "file_not_found"}
+
+
+def test_body_fields_naming_another_tenants_file_are_refused(
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+):
+    ids = seed_tenant_a(client, tenant_a, session_factory)
+    own = seed_organization(session_factory, settings.data_dir, tenant_b.organization_id)
+    before_a = snapshot(session_factory, tenant_a.organization_id)
+    before_b = snapshot(session_factory, tenant_b.organization_id)
+    references = body_references(client)
+    assert {field for _, field in references} == set(BODY_REFERENCES)
+    for path, field in references:
+        body = {"model": MODEL, "training_file": own.file_id, field: ids["file_id"]}
+        response = client.post(path, headers=tenant_b.headers, json=body)
+        assert response.status_code in (400, 404), f"{path} {field}: {response.status_code}"
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == (BODY_REFERENCES[field], field), path
+    assert snapshot(session_factory, tenant_a.organization_id) == before_a
+    assert snapshot(session_factory, tenant_b.organization_id) == before_b
+
+
+def test_list_cursors_never_page_from_another_tenants_objects(
+    client: TestClient,
+    tenant_a: Tenant,
+    tenant_b: Tenant,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+):
+    """Every list with an `after` cursor, fed A's ids by B: refused, or only B's objects."""
+    ids = seed_tenant_a(client, tenant_a, session_factory)
+    own = seed_organization(session_factory, settings.data_dir, tenant_b.organization_id)
+    own_ids = {"fine_tuning_job_id": own.succeeded_job_id}
+    schema = client.app.openapi()  # type: ignore[attr-defined]
+    lists = [
+        path
+        for path, operations in schema["paths"].items()
+        if any(p["name"] == "after" for p in operations.get("get", {}).get("parameters", []))
+    ]
+    assert len(lists) >= 5
+    for path in lists:
+        url = path
+        for param, value in own_ids.items():
+            url = url.replace("{" + param + "}", value)
+        for cursor in ids.values():
+            response = client.get(url, params={"after": cursor}, headers=tenant_b.headers)
+            assert response.status_code in (200, 400), f"{path}: {response.status_code}"
+            if response.status_code == 400:
+                assert response.json()["error"]["code"] == "invalid_cursor"
+            else:
+                listed = {item["id"] for item in response.json()["data"]}
+                assert not listed & set(ids.values()), path

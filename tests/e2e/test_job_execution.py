@@ -160,7 +160,7 @@ def test_pause_then_resume_continues_the_loss_curve(stack: Stack):
     (paused_at,) = checkpoint_steps(client, created["id"])
     before = dict(metric_steps(client, created["id"]))
     resumed = client.post(f"/fine_tuning/jobs/{created['id']}/resume").json()
-    assert resumed["status"] == "queued"
+    assert resumed["status"] in ("queued", "running")  # a fast worker may already have it
     finished = wait_status(client, created["id"], "succeeded", "failed")
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 2

@@ -6,8 +6,10 @@ from typing import Any
 
 from fastapi.responses import FileResponse
 
+from app.api.object_response import ObjectResponse, stored_response
 from app.schemas.common import ErrorResponse
 from app.services.downloads import Download
+from app.storage import Storage
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -18,6 +20,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "The object's state does not allow this"),
         (413, "Upload over the size limit"),
         (422, "Request validation failed"),
+        (429, "Rate limit (Retry-After says when to retry) or organization quota exceeded"),
     )
 }
 
@@ -29,6 +32,8 @@ TARBALL_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def tarball(download: Download) -> FileResponse:
-    """Serve a built archive as an attachment; FileResponse answers Range requests."""
-    return FileResponse(download.path, media_type="application/gzip", filename=download.filename)
+def tarball(storage: Storage, download: Download) -> FileResponse | ObjectResponse:
+    """Serve a built archive as an attachment, streamed, answering Range requests."""
+    return stored_response(
+        storage, download.key, media_type="application/gzip", filename=download.filename
+    )

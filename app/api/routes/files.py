@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import (
     AfterQuery,
@@ -15,12 +15,14 @@ from app.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from app.api.object_response import stored_response
 from app.api.presenters import file_public
 from app.api.routes import ERROR_RESPONSES
 from app.errors import PayloadTooLarge
 from app.schemas.common import DeletedObject, ListPage
 from app.schemas.files import FilePublic, FilePurpose
 from app.services import files as file_service
+from app.services.quotas import check_storage
 from app.services.uploads import ENVELOPE_ALLOWANCE, receive_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -60,6 +62,10 @@ async def create_file(
         raise PayloadTooLarge(
             f"the upload is over the {settings.max_upload_bytes} byte limit", param="file"
         )
+    # Full already? Say so before reading the body (it is checked again before it is kept).
+    await run_in_threadpool(check_storage, session, settings, organization_id, 0)
+    # The key is checked; a slow body must not hold a pooled connection while it trickles in.
+    await run_in_threadpool(session.close)
     temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
     try:
         upload = await receive_upload(
@@ -104,12 +110,10 @@ def read_file(record: FileDep) -> FilePublic:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def read_file_content(record: FileDep, storage: StorageDep) -> FileResponse:
+def read_file_content(record: FileDep, storage: StorageDep) -> Response:
     """The file's bytes, streamed (Range requests supported)."""
-    return FileResponse(
-        storage.path(record.storage_key),
-        media_type="application/octet-stream",
-        filename=record.filename,
+    return stored_response(
+        storage, record.storage_key, media_type="application/octet-stream", filename=record.filename
     )
 
 

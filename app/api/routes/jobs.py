@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from app.api.deps import (
     AfterQuery,
@@ -32,7 +32,8 @@ from app.services import jobs as job_service
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
 
 IdempotencyKeyHeader = Annotated[
-    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ]
 LastEventIdHeader = Annotated[
     str | None,
@@ -146,9 +147,9 @@ def read_job_checkpoints(
 @router.get(
     "/{fine_tuning_job_id}/adapter", response_class=FileResponse, responses=TARBALL_RESPONSE
 )
-def read_job_adapter(job: JobDep, storage: StorageDep) -> FileResponse:
+def read_job_adapter(job: JobDep, storage: StorageDep) -> Response:
     """The final PEFT adapter directory of a succeeded job."""
-    return tarball(download_service.job_adapter(storage, job))
+    return tarball(storage, download_service.job_adapter(storage, job))
 
 
 @router.get(
@@ -156,6 +157,6 @@ def read_job_adapter(job: JobDep, storage: StorageDep) -> FileResponse:
     response_class=FileResponse,
     responses=TARBALL_RESPONSE,
 )
-def read_checkpoint_adapter(checkpoint: CheckpointDep, storage: StorageDep) -> FileResponse:
+def read_checkpoint_adapter(checkpoint: CheckpointDep, storage: StorageDep) -> Response:
     """The PEFT adapter saved at one checkpoint, without its optimizer and RNG state."""
-    return tarball(download_service.checkpoint_adapter(storage, checkpoint))
+    return tarball(storage, download_service.checkpoint_adapter(storage, checkpoint))
