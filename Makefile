@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[worker,dev]'
+	$(BIN)/pip install -q -e '.[worker,s3,dev,bench]'
 	touch $@
 
 serve: install
@@ -52,8 +52,13 @@ check: lint typecheck test
 migrate: install
 	$(BIN)/loraforge migrate
 
+# Every CPU benchmark, then bench/RESULTS.md and its plots (bench/gpu/ runs on a GPU machine).
+BENCH_SCRIPTS := bench/trainer_vs_trl.py bench/quant_memory.py bench/estimator_accuracy.py \
+	bench/api_load.py bench/job_latency.py
+
 bench: install
-	for script in bench/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$script || exit 1; done
+	for script in $(BENCH_SCRIPTS); do HF_HUB_OFFLINE=1 $(BIN)/python $$script || exit 1; done
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
