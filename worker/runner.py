@@ -50,6 +50,8 @@ class JobRunner:
 
     def run(self) -> str | None:
         """Claim and train; returns the final status written, or None if not ours."""
+        if not self._fits_this_worker():
+            return None
         with self.context.session_factory() as session:
             self.claim = claim(
                 session, self.job_id, self.context.identity, self.settings.lease_seconds
@@ -86,7 +88,6 @@ class JobRunner:
 
         job, train_key, validation_key, organization = self._load()
         spec = ResolvedSpec.model_validate(job.spec)
-        self._check_fits(spec)
         self.model_name = fine_tuned_model_name(job.model, organization, job.suffix, job.id)
         config = TrainingConfig.from_spec(spec, self.settings.catalog()[job.model])
         workspace = self.workspace
@@ -150,16 +151,31 @@ class JobRunner:
                 organization_name(session, job.organization_id),
             )
 
-    def _check_fits(self, spec: ResolvedSpec) -> None:
+    def _fits_this_worker(self) -> bool:
+        """Whether this device can hold the job; a job too big is left for a larger worker.
+
+        The message is consumed either way; clearing enqueued_at makes the reaper publish the
+        job again at its next pass, to the job's queue, where a larger worker can take it.
+        """
         capacity = self.context.device_memory_bytes
-        needed = estimated_bytes(self.settings, spec)
-        if capacity is not None and needed is not None and needed > capacity:
-            raise UserError(
-                "insufficient_memory",
-                f"this job needs about {needed / 2**30:.2f} GiB; this worker has "
-                f"{capacity / 2**30:.2f} GiB",
-                "training",
-            )
+        if capacity is None:
+            return True
+        with self.context.session_factory() as session:
+            job = session.get(Job, self.job_id)
+            if job is None or job.status != "queued":
+                return True  # the claim decides
+            needed = estimated_bytes(self.settings, ResolvedSpec.model_validate(job.spec))
+            if needed is None or needed <= capacity:
+                return True
+            compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=None)
+            session.commit()
+        log.warning(
+            "job %s needs about %.2f GiB; this worker has %.2f GiB: leaving it queued",
+            self.job_id,
+            needed / 2**30,
+            capacity / 2**30,
+        )
+        return False
 
     # -- hooks -----------------------------------------------------------------------------
 

@@ -135,3 +135,42 @@ def test_reaper_republishes_only_stale_unclaimed_jobs(
     reap_once(factory, lifecycle_settings, published)
     assert sorted(args[0] for _, args, _ in published.sent) == sorted([never_sent, stale])
     assert fresh not in [args[0] for _, args, _ in published.sent]
+
+
+def test_a_worker_too_small_for_a_job_leaves_it_queued_for_a_larger_one(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    from app.schemas.spec import (
+        Hyperparameters,
+        LoraSpec,
+        QuantizationSpec,
+        TrainingSpec,
+        resolve_spec,
+    )
+    from app.storage import build_storage
+    from worker.context import WorkerContext
+    from worker.runner import JobRunner
+
+    spec = resolve_spec(
+        model="loraforge/tiny-random-llama",
+        seed=1,
+        n_train_examples=20,
+        hyperparameters=Hyperparameters(),
+        lora=LoraSpec(),
+        quantization=QuantizationSpec(),
+        training=TrainingSpec(),
+    )
+    job_id = queued_job(factory, enqueued_at=utcnow())
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        job.model, job.spec = spec.model, spec.model_dump(mode="json")
+        session.commit()
+    small = lifecycle_settings.model_copy(update={"worker_memory_bytes": 1 << 20})
+    context = WorkerContext(small, factory, build_storage(small), "small-worker")
+    assert JobRunner(context, job_id).run() is None
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt, job.enqueued_at) == ("queued", 0, None)
+    published = Published()
+    reap_once(factory, lifecycle_settings, published)
+    assert published.sent == [("training.run_job", [job_id], "training")]
