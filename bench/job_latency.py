@@ -6,7 +6,7 @@ after another on the tiny model and reads the database's own timestamps: created
 API's commit) to started_at (the worker's claim, before any model load). Cancel latency is
 client-side: POST cancel -> the job reads `cancelled`.
 
-    python bench/job_latency.py [--jobs 10] [--quick]
+    python bench/job_latency.py [--jobs 10] [--quick] [--out-dir DIR]
 
 Prints JSON and writes bench/results/job_latency.json.
 """
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.db.models import Job  # noqa: E402
+from bench.common import load_average  # noqa: E402
 from tests.e2e.stacks import (  # noqa: E402
     Stack,
     create_job,
@@ -95,13 +96,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="2 jobs per stack (CI smoke run)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     jobs = 2 if args.quick else args.jobs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results: dict[str, Any] = {
         "benchmark": "job_latency",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": f"python bench/job_latency.py {'--quick' if args.quick else f'--jobs {jobs}'}",
+        "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_start": load_average(),
         "method": "created_at -> started_at from the database (claim, before model load); "
         "cancel: client POST -> status cancelled, polled every 20 ms",
         "goals": {"redis_p50_s": 1.0, "embedded_p50_s": 2.0},
@@ -111,7 +116,9 @@ def main() -> None:
             results["redis"] = measure(stack, jobs)
         with embedded_stack(Path(root) / "embedded") as stack:
             results["embedded"] = measure(stack, jobs)
-    out = ROOT / "bench" / "results" / "job_latency.json"
+    results["load_average_end"] = load_average()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / "job_latency.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
