@@ -24,6 +24,14 @@ def test_pack_rows_never_exceeds_the_limit_and_keeps_every_example() -> None:
     assert all(sum(lengths[i] for i in row) <= 12 for row in rows)
 
 
+def test_pack_rows_fills_rows_whatever_the_dataset_order() -> None:
+    # In this order next-fit would need six rows; best-fit decreasing pairs each 6 with a 4.
+    lengths = [6, 6, 6, 6, 4, 4, 4, 4]
+    rows = pack_rows(lengths, max_seq_length=10)
+    assert [sum(lengths[i] for i in row) for row in rows] == [10, 10, 10, 10]
+    assert pack_rows(lengths, max_seq_length=10) == rows
+
+
 def test_packed_row_restarts_positions_and_masks_each_examples_first_label() -> None:
     examples = [example(3), example(2, offset=50)]
     batch = collate(examples, [(0, 1)], pad_id=0, packing=True)
