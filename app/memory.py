@@ -36,6 +36,15 @@ BITS_8BIT_WEIGHT = 8
 ACTIVATION_BYTES_PER_HIDDEN = 44
 ACTIVATION_BYTES_PER_KV = 4
 ACTIVATION_BYTES_PER_INTERMEDIATE = 11
+# The same at fp32 compute, in bytes (nothing is cast, so there are no 16-bit copies): each
+# RMSNorm keeps its input, normalized and output (12h), each LoRA dropout its output and
+# mask (5 per input element), attention q and its output twice (the sdpa result and the
+# contiguous copy o_proj reads), k and v (4 each per kv element), and gate, SiLU(gate), up,
+# their product (4 each per intermediate element). Checked on the CPU benchmark model
+# (bench/estimator_accuracy.py): within 4% without gradient checkpointing.
+ACTIVATION_BYTES_PER_HIDDEN_FP32 = 66
+ACTIVATION_BYTES_PER_KV_FP32 = 8
+ACTIVATION_BYTES_PER_INTERMEDIATE_FP32 = 21
 # Per logit: the 16-bit head output, its fp32 copy, log-softmax and its gradient (measured).
 LOGIT_BYTES = 14
 # LLM.int8 training measured 0.6 MB more per token than 4-bit at the same shape, with or
@@ -188,12 +197,19 @@ def optimizer_bytes_per_param(spec: ResolvedSpec) -> int:
 def activation_bytes(spec: ResolvedSpec, shape: ModelShape) -> int:
     """Activations kept for backward for one micro-batch, plus the logits."""
     tokens = spec.hyperparameters.batch_size * spec.training.max_seq_length
-    per_token_block = (
-        ACTIVATION_BYTES_PER_HIDDEN * shape.hidden_size
-        + ACTIVATION_BYTES_PER_KV * shape.kv_width
-        + ACTIVATION_BYTES_PER_INTERMEDIATE * shape.intermediate_size
-    )
-    one_block = tokens * per_token_block * compute_bytes(spec) // 2
+    if compute_bytes(spec) == 4:
+        per_token_block = (
+            ACTIVATION_BYTES_PER_HIDDEN_FP32 * shape.hidden_size
+            + ACTIVATION_BYTES_PER_KV_FP32 * shape.kv_width
+            + ACTIVATION_BYTES_PER_INTERMEDIATE_FP32 * shape.intermediate_size
+        )
+    else:
+        per_token_block = (
+            ACTIVATION_BYTES_PER_HIDDEN * shape.hidden_size
+            + ACTIVATION_BYTES_PER_KV * shape.kv_width
+            + ACTIVATION_BYTES_PER_INTERMEDIATE * shape.intermediate_size
+        )
+    one_block = tokens * per_token_block
     if spec.training.gradient_checkpointing:
         # Only each block's input (the residual stream) is kept; one block is recomputed.
         block_inputs = tokens * shape.hidden_size * unquantized_bytes(spec)

@@ -7,11 +7,11 @@ On the CPU there is no max_memory_allocated, so "measured" is, honestly:
              (the profiler's memory events, profile_memory=True): activations kept for
              backward, logits and their gradients, gradients, temporaries.
 The estimate is compared without its CUDA-context term (512 MiB, absent on the CPU). The CPU
-path differs from CUDA in ways the estimator does not model (bitsandbytes dequantizes each
-weight to an fp32 temporary; compute is fp32, so the estimate uses 4-byte activations), so
-the CPU ratio tests the structure of the estimate; the GPU figures (bench/gpu, measured with
-torch.cuda.max_memory_allocated on an H200) test it where it is used, and are copied here
-from bench/results/gpu_h200.json when that file exists.
+path differs from CUDA in a way the estimator does not model (bitsandbytes dequantizes each
+weight to an fp32 temporary); compute is fp32 there, so the estimate uses its fp32 activation
+terms (no 16-bit copies), where a GPU job at bf16 uses the 16-bit ones. The GPU figures
+(bench/gpu, measured with torch.cuda.max_memory_allocated on an H200) test it where it is
+used, and are copied here from bench/results/gpu_h200.json when that file exists.
 
     python bench/estimator_accuracy.py [--quick]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,16 @@ def test_gradient_checkpointing_lowers_activations() -> None:
     off = estimate(gradient_checkpointing=False, max_seq_length=2048)
     assert on.activations < off.activations / 4
     assert on.total < off.total
+
+
+def test_fp32_compute_keeps_no_16_bit_copies() -> None:
+    # The 16-bit path keeps a cast copy of each linear layer's input and fp32 norm inputs;
+    # fp32 elements are twice the size but have no copies: about 1.7x the bytes, not 2x.
+    blocks_only = dataclasses.replace(LLAMA_8B, vocab_size=2)  # logits out of the way
+    options = {"gradient_checkpointing": False}
+    bf16 = estimate(blocks_only, quantization={"compute_dtype": "bfloat16"}, **options)
+    fp32 = estimate(blocks_only, quantization={"compute_dtype": "float32"}, **options)
+    assert 1.5 * bf16.activations < fp32.activations < 1.8 * bf16.activations
 
 
 def test_activations_grow_with_batch_tokens() -> None:
