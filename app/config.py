@@ -50,6 +50,14 @@ class Settings(BaseSettings):
             "counted in each API process; 0: no limit"
         ),
     )
+    api_key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Each API process remembers a key that authenticated for this long, so a revoked "
+            "key is refused within it; 0: look every key up on every request"
+        ),
+    )
     max_concurrent_jobs: int = Field(
         10, ge=0, description="Jobs an organization may have queued or running at once; 0: no limit"
     )

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.guards import ControlCharacterGuard
+from app.api.keycache import KeyCache
 from app.api.ratelimit import RateLimiter
 from app.api.routes import estimates, exports, files, health, jobs, models, web
 from app.config import Settings, get_settings
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.state.storage = build_storage(settings)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
+from app.api.keycache import KeyCache, Principal
 from app.api.ratelimit import RateLimiter
 from app.config import Settings
 from app.db.models import Checkpoint, Export, File, Job
@@ -18,7 +20,7 @@ from app.services import events as event_service
 from app.services import exports as export_service
 from app.services import files as file_service
 from app.services import jobs as job_service
-from app.services.keys import authenticate
+from app.services.keys import authenticate, hash_key
 from app.storage import Storage
 
 MAX_PAGE_SIZE = 100
@@ -26,28 +28,41 @@ MAX_PAGE_SIZE = 100
 bearer = HTTPBearer(auto_error=False, description="An API key from `loraforge keys create`")
 
 
-def get_settings_dep(request: Request) -> Settings:
+# FastAPI runs a plain `def` dependency in the thread pool: a hop of its own for each one on
+# each request. Those that only read app.state are `async def` (no I/O), the session is
+# opened without I/O and closed in one hop, and routes that only present loaded rows are
+# `async def` too. Database work stays in the thread pool.
+
+
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for the request; it connects on first use, in whichever thread runs that."""
+    session: Session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)  # rolls back and returns the connection
+        else:
+            session.close()
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     """For work that outlives the request's session (a stream opens one per poll)."""
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def get_enqueuer(request: Request) -> Enqueuer:
+async def get_enqueuer(request: Request) -> Enqueuer:
     enqueuer: Enqueuer = request.app.state.enqueuer
     return enqueuer
 
@@ -61,7 +76,7 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
-def current_organization_id(
+async def current_organization_id(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -69,12 +84,18 @@ def current_organization_id(
     """The organization of a live API key, or 401; 429 past the key's rate limit."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    record = authenticate(session, credentials.credentials)
-    if record is None:
-        raise Unauthenticated("invalid or revoked API key")
+    cache: KeyCache = request.app.state.key_cache
+    digest = hash_key(credentials.credentials)
+    principal = cache.get(digest)
+    if principal is None:
+        record = await run_in_threadpool(authenticate, session, credentials.credentials)
+        if record is None:
+            raise Unauthenticated("invalid or revoked API key")
+        principal = Principal(key_id=record.id, organization_id=record.organization_id)
+        cache.put(digest, principal)
     limiter: RateLimiter = request.app.state.rate_limiter
-    limiter.take(record.id)
-    return record.organization_id
+    limiter.take(principal.key_id)
+    return principal.organization_id
 
 
 CurrentOrgDep = Annotated[str, Depends(current_organization_id)]

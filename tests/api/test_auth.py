@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.keycache import MAX_ENTRIES, KeyCache, Principal
 from app.db.models import ApiKey
 from app.services.keys import hash_key, revoke_key
 from tests.factories import Tenant
@@ -23,14 +24,51 @@ def test_wrong_key_is_401(client: TestClient, tenant_a: Tenant):
     assert response.status_code == 401
 
 
-def test_revoked_key_is_401(
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_revoked_key_is_401_once_its_cache_entry_expires(
     client: TestClient, tenant_a: Tenant, session_factory: sessionmaker[Session]
 ):
+    ttl = client.app.state.settings.api_key_cache_s  # type: ignore[attr-defined]
+    assert ttl > 0
+    clock = FakeClock()
+    client.app.state.key_cache = KeyCache(ttl, clock=clock)  # type: ignore[attr-defined]
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 200
+    with session_factory() as session:
+        assert revoke_key(session, tenant_a.key_id)
+        session.commit()
+    clock.now += ttl - 0.5  # still remembered by this process
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 200
+    clock.now += 0.5
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 401
+    clock.now += 60  # and a refused key is never cached
+    assert client.get("/v1/files", headers=tenant_a.headers).status_code == 401
+
+
+def test_without_the_cache_a_revoked_key_is_401_at_once(
+    client: TestClient, tenant_a: Tenant, session_factory: sessionmaker[Session]
+):
+    client.app.state.key_cache = KeyCache(0)  # type: ignore[attr-defined]
     assert client.get("/v1/files", headers=tenant_a.headers).status_code == 200
     with session_factory() as session:
         assert revoke_key(session, tenant_a.key_id)
         session.commit()
     assert client.get("/v1/files", headers=tenant_a.headers).status_code == 401
+
+
+def test_key_cache_stays_bounded() -> None:
+    clock = FakeClock()
+    cache = KeyCache(5, clock=clock)
+    for i in range(MAX_ENTRIES + 10):
+        cache.put(f"d{i}", Principal(key_id=f"key-{i}", organization_id="org"))
+    assert len(cache._entries) <= MAX_ENTRIES
+    assert cache.get(f"d{MAX_ENTRIES + 9}") == Principal(f"key-{MAX_ENTRIES + 9}", "org")
 
 
 def test_only_the_hash_prefix_and_last_four_are_stored(

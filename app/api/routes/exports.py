@@ -51,7 +51,7 @@ def read_exports(
 
 
 @router.get("/{export_id}")
-def read_export(export: ExportDep) -> ExportPublic:
+async def read_export(export: ExportDep) -> ExportPublic:
     return export_public(export)
 
 

@@ -101,7 +101,7 @@ def read_files(
 
 
 @router.get("/{file_id}")
-def read_file(record: FileDep) -> FilePublic:
+async def read_file(record: FileDep) -> FilePublic:
     return file_public(record)
 
 

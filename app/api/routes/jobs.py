@@ -78,7 +78,7 @@ def read_jobs(
 
 
 @router.get("/{fine_tuning_job_id}")
-def read_job(job: JobDep) -> JobPublic:
+async def read_job(job: JobDep) -> JobPublic:
     return job_public(job)
 
 
