@@ -96,11 +96,10 @@ def trainer_section(result: dict[str, Any], images: Path) -> tuple[str, list[lis
             f"mean {lengths['mean']:.0f}, CV {lengths['cv']:.2f}, p50 {lengths['p50']}, "
             f"p95 {lengths['p95']}, max {lengths['max']}; {data['n_eval']} held-out examples."
         )
-    headers = [
-        "profile",
-        "trainer",
-        "tokens/s",
-        "label tokens/s",
+    cpu = all("tokens_per_cpu_s" in t for trainers in summary.values() for t in trainers.values())
+    headers = ["profile", "trainer", "tokens/s", "range", "label tokens/s"]
+    headers += ["tokens/CPU-s"] if cpu else []
+    headers += [
         "step s",
         "tokens/step",
         "padding",
@@ -111,33 +110,62 @@ def trainer_section(result: dict[str, Any], images: Path) -> tuple[str, list[lis
     ]
     rows = []
     for profile, trainers in summary.items():
-        for name, s in trainers.items():
-            rows.append(
-                [
-                    profile,
-                    TRAINER_LABELS.get(name, name),
-                    number(s["tokens_per_s"], 1),
-                    number(s["label_tokens_per_s"], 1),
-                    number(s["step_s_median"]),
-                    number(s["tokens_per_step"], 0),
-                    f"{s['padding_share']:.1%}",
-                    f"{s.get('optimizer_share', 0):.0%}",
-                    mib(s["peak_rss_bytes"]),
-                    number(s["eval_loss"], 3),
-                    number(s["final_train_loss"], 3),
-                ]
-            )
+        for name, t in trainers.items():
+            low, high = t["tokens_per_s_min_max"]
+            row = [
+                profile,
+                TRAINER_LABELS.get(name, name),
+                number(t["tokens_per_s"], 1),
+                f"{low:.0f}-{high:.0f}",
+                number(t["label_tokens_per_s"], 1),
+            ]
+            row += [number(t["tokens_per_cpu_s"], 1)] if cpu else []
+            row += [
+                number(t["step_s_median"]),
+                number(t["tokens_per_step"], 0),
+                f"{t['padding_share']:.1%}",
+                f"{t.get('optimizer_share', 0):.0%}",
+                mib(t["peak_rss_bytes"]),
+                number(t["eval_loss"], 3),
+                number(t["final_train_loss"], 3),
+            ]
+            rows.append(row)
     parts.append(table(headers, rows))
-    ratio_rows = [
-        [profile, name.replace("_tokens_per_s", "").replace("/", " / "), number(value)]
-        for profile, values in ratios.items()
-        for name, value in values.items()
-        if name.endswith("_tokens_per_s") and "label" not in name
+    ratio_rows = []
+    for profile, values in ratios.items():
+        pairs = [name.removesuffix("_eval_loss") for name in values if name.endswith("_eval_loss")]
+        for pair in pairs:
+            row = [
+                profile,
+                pair.replace("/", " / "),
+                number(values[f"{pair}_tokens_per_s"]),
+                number(values[f"{pair}_label_tokens_per_s"]),
+            ]
+            row += [number(values.get(f"{pair}_tokens_per_cpu_s"))] if cpu else []
+            row += [number(values[f"{pair}_eval_loss"], 3), number(values[f"{pair}_peak_rss"])]
+            ratio_rows.append(row)
+    ratio_headers = ["profile", "pair", "tokens/s", "label tokens/s"]
+    ratio_headers += ["tokens/CPU-s"] if cpu else []
+    ratio_headers += ["held-out loss", "peak RSS"]
+    parts.append("Ratios of medians (first over second):\n\n" + table(ratio_headers, ratio_rows))
+    plan_rows = [
+        [
+            profile,
+            plan.replace("_", " "),
+            number(x["rows"]),
+            number(x["steps"]),
+            f"{x['padding_share']:.1%}",
+        ]
+        for profile, data in result["data"].items()
+        for plan, x in data.get("batch_plans", {}).items()
     ]
-    parts.append(
-        "Throughput ratios (tokens/s, medians):\n\n"
-        + table(["profile", "pair", "ratio"], ratio_rows)
-    )
+    if plan_rows:
+        parts.append(
+            "The engine's batch plans for these files, computed from the token lengths with "
+            "its own `build_plan` (grouped by length; packed by best-fit decreasing, then "
+            "grouped), for one epoch:\n\n"
+            + table(["profile", "plan", "rows", "steps/epoch", "padding"], plan_rows)
+        )
     parts.append("\n".join(f"- {note}" for note in result.get("notes", [])))
     for name, draw in (
         ("trainer_throughput.png", plots.trainer_throughput),
@@ -145,8 +173,28 @@ def trainer_section(result: dict[str, Any], images: Path) -> tuple[str, list[lis
     ):
         draw(result, images / name)
         parts.append(f"![{name}]({name})")
+    run_rows = [
+        [
+            r["profile"],
+            r["name"],
+            r["repeat"],
+            number(r["tokens_per_s"], 1),
+            " ".join(f"{x:.2f}" for x in r.get("load_average", [])),
+        ]
+        for r in result["runs"]
+    ]
+    parts.append(
+        "Every run, in the order run, with the load average when it ended (our own run adds "
+        "about 2):\n\n" + table(["profile", "trainer", "repeat", "tokens/s", "load"], run_rows)
+    )
     goal_rows = [
-        ["trainer", name, number(g["goal"]), goal_value(g["value"]), met(g["met"])]
+        [
+            "trainer",
+            f"{name} ({g.get('compared', '')})",
+            number(g["goal"]),
+            goal_value(g["value"]),
+            met(g["met"]),
+        ]
         for name, g in result.get("goals", {}).items()
     ]
     return "\n\n".join(parts), goal_rows

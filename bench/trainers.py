@@ -143,10 +143,11 @@ def run_engine(run: dict[str, Any]) -> dict[str, Any]:
 
     def should_stop() -> None:
         if marks["start"] is None:
-            marks["start"] = time.perf_counter()
+            marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
 
     def on_metrics(metrics: Any) -> None:
         marks["ends"].append(time.perf_counter())
+        marks["cpu_end"] = time.process_time()
         marks["losses"].append([metrics.step, metrics.train_loss])
 
     result = engine.run_training(
@@ -189,10 +190,11 @@ def run_trl(run: dict[str, Any]) -> dict[str, Any]:
 
     class Marks(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            marks["start"] = time.perf_counter()
+            marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             marks["ends"].append(time.perf_counter())
+            marks["cpu_end"] = time.process_time()
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             marks["optimizer_began"] = time.perf_counter()
@@ -279,6 +281,10 @@ def measured(
         "repeat": run["repeat"],
         "steps": steps,
         "loop_s": loop_s,
+        # CPU seconds of all the process's threads over the same span: less sensitive than
+        # wall time to other work on the machine (OpenMP spin-waits still count).
+        "loop_cpu_s": marks["cpu_end"] - marks["cpu_start"],
+        "tokens_per_cpu_s": counter.tokens / (marks["cpu_end"] - marks["cpu_start"]),
         "step_s_median": sorted(step_times)[len(step_times) // 2],
         "optimizer_s": marks["optimizer_s"],
         "optimizer_share": marks["optimizer_s"] / loop_s,
