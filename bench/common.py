@@ -107,3 +107,33 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def tensor_bytes(tensor: Any) -> int:
+    return 0 if tensor is None else int(tensor.numel() * tensor.element_size())
+
+
+def model_tensors(model: Any) -> list[Any]:
+    """Parameters, buffers and each 4-bit layer's quantization state (absmax, code, offset)."""
+    import bitsandbytes as bnb
+
+    tensors = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            tensors += [state.absmax, state.code, state.offset]
+            if state.state2 is not None:
+                tensors += [state.state2.absmax, state.state2.code]
+    return tensors
+
+
+def unique_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of `tensors`, a storage shared by several counted once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in tensors:
+        if tensor is None or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor_bytes(tensor)
+    return total

@@ -31,7 +31,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.memory import ModelShape, estimate_memory
-from bench.common import RESULTS_DIR, finish, header, library_versions
+from bench.common import (
+    RESULTS_DIR,
+    finish,
+    header,
+    library_versions,
+    model_tensors,
+    unique_bytes,
+)
 from bench.synthetic import BENCH_SHAPE, QUICK_SHAPE, build_model_dir, shape_dict
 
 GOAL_WITHIN = 0.15
@@ -45,32 +52,14 @@ CONFIGS = [
 QUICK_CONFIGS = [("nf4 b2 x 64, checkpointing", 2, 64, True, 4)]
 
 
-def tensor_bytes(tensor: Any) -> int:
-    return int(tensor.numel() * tensor.element_size())
-
-
 def live_tensor_bytes(model: Any, optimizer: Any) -> int:
     """Parameters, buffers, 4-bit quantization state and optimizer state, each counted once."""
-    import bitsandbytes as bnb
     import torch
 
-    tensors = [*model.parameters(), *model.buffers()]
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            state = module.weight.quant_state
-            tensors += [state.absmax, state.code, state.offset]
-            if state.state2 is not None:
-                tensors += [state.state2.absmax, state.state2.code]
+    tensors = model_tensors(model)
     for state in optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    seen: set[int] = set()
-    total = 0
-    for tensor in tensors:
-        if tensor is None or tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor_bytes(tensor)
-    return total
+    return unique_bytes(tensors)
 
 
 def peak_transient_bytes(step: Any, trace: Path) -> int:

@@ -26,7 +26,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.memory import BITS_4BIT, BITS_4BIT_DOUBLE_QUANT, ModelShape
-from bench.common import finish, header, library_versions
+from bench.common import (
+    finish,
+    header,
+    library_versions,
+    model_tensors,
+    tensor_bytes,
+    unique_bytes,
+)
 from bench.synthetic import BENCH_SHAPE, QUICK_SHAPE, build_model_dir, shape_dict
 
 GOAL_BITS = 4.2
@@ -47,10 +54,6 @@ QUICK_LARGE_LAYER = ModelShape(
     num_attention_heads=16,
     num_key_value_heads=8,
 )
-
-
-def tensor_bytes(tensor: Any) -> int:
-    return 0 if tensor is None else int(tensor.numel() * tensor.element_size())
 
 
 def quant_state_bytes(state: Any) -> dict[str, int]:
@@ -95,23 +98,7 @@ def linear_bits(model: Any) -> list[dict[str, Any]]:
 
 def model_bytes(model: Any) -> int:
     """Parameters, buffers and 4-bit quantization state, each storage counted once."""
-    import bitsandbytes as bnb
-
-    seen: set[int] = set()
-    total = 0
-    tensors = [*model.parameters(), *model.buffers()]
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            state = module.weight.quant_state
-            tensors += [state.absmax, state.code, state.offset]
-            if state.state2 is not None:
-                tensors += [state.state2.absmax, state.state2.code]
-    for tensor in tensors:
-        if tensor is None or tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor_bytes(tensor)
-    return total
+    return unique_bytes(model_tensors(model))
 
 
 def load_quantized(model_dir: Path, double_quant: bool) -> Any:

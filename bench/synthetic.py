@@ -117,21 +117,15 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float]:
 def build_model_dir(directory: Path, shape: ModelShape, seed: int = 0) -> Path:
     """Save a random Llama of `shape` and the tiny model's tokenizer under `directory`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from worker.training.tiny import build_tokenizer
+    from worker.training.tiny import build_tokenizer, llama_config
 
     if (directory / "config.json").exists():
         return directory
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        tie_word_embeddings=shape.tie_word_embeddings,
+    config = llama_config(
+        shape,
         max_position_embeddings=2048,
         initializer_range=INIT_RANGE,
         pad_token_id=tokenizer.pad_token_id,

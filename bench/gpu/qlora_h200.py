@@ -117,17 +117,13 @@ def matmul_rate(device: str) -> float | None:
 
 def build_model(shape: ModelShape, device: str, dtype: torch.dtype, seq: int) -> Any:
     """A random Llama of `shape`, created directly on the device in `dtype`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
+    from worker.training.tiny import llama_config
+
+    config = llama_config(
+        shape,
         max_position_embeddings=max(seq, 2048),
-        tie_word_embeddings=False,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

@@ -13,12 +13,13 @@ import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.memory import TINY_RANDOM_LLAMA_SHAPE
+from app.memory import TINY_RANDOM_LLAMA_SHAPE, ModelShape
 
 # Bump when the generator changes, so caches of an older model are not reused.
 TINY_VERSION = "v1"
@@ -102,9 +103,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def build_config() -> LlamaConfig:
-    """The tiny Llama's config, from the shape the API's memory estimator also uses."""
-    shape = TINY_RANDOM_LLAMA_SHAPE
+def llama_config(shape: ModelShape, **settings: Any) -> LlamaConfig:
+    """A Llama config of `shape`; `settings` give the rest (positions, init range, token ids)."""
     return LlamaConfig(
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
@@ -113,6 +113,14 @@ def build_config() -> LlamaConfig:
         num_attention_heads=shape.num_attention_heads,
         num_key_value_heads=shape.num_key_value_heads,
         tie_word_embeddings=shape.tie_word_embeddings,
+        **settings,
+    )
+
+
+def build_config() -> LlamaConfig:
+    """The tiny Llama's config, from the shape the API's memory estimator also uses."""
+    return llama_config(
+        TINY_RANDOM_LLAMA_SHAPE,
         max_position_embeddings=MAX_POSITIONS,
         initializer_range=INIT_RANGE,
         pad_token_id=0,
