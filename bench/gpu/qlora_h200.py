@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from app.catalog import CatalogEntry  # noqa: E402
-from app.memory import ModelShape, estimate_memory  # noqa: E402
+from app.memory import TINY_RANDOM_LLAMA_SHAPE, ModelShape, estimate_memory  # noqa: E402
 from app.schemas.spec import (  # noqa: E402
     Hyperparameters,
     LoraSpec,
@@ -63,14 +63,7 @@ SHAPES = {
         num_attention_heads=32,
         num_key_value_heads=8,
     ),
-    "tiny": ModelShape(
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),
+    "tiny": TINY_RANDOM_LLAMA_SHAPE,  # the built-in tiny model's shape
 }
 # (batch size, sequence length, timed steps per phase) per shape
 SETTINGS = {"8b": (4, 2048, 10), "tiny": (2, 64, 3)}
