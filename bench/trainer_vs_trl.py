@@ -248,7 +248,9 @@ def packing_analysis(lengths: list[int], batch_size: int, seq: int, seed: int) -
             examples, batch_size=batch_size, seed=seed, packing=packing, max_seq_length=seq
         )
         positions = sum(
-            max(plan.row_lengths[r] for r in batch) * len(batch) for batch in plan.epoch_batches(0)
+            max(sum(lengths[i] for i in row) for row in rows) * len(rows)
+            for index in range(plan.batches_per_epoch)
+            for rows in plan.passes(index)
         )
         out[name] = {
             "rows": len(plan.rows),
@@ -345,10 +347,10 @@ def main() -> None:
             "TRL's defaults: random batches padded to the longest, no group_by_length",
             "eval_loss: the saved adapter on the NF4 base, mean cross-entropy per assistant "
             "token of a held-out file of the same profile, one function for all",
-            "batch plans: with a fixed number of rows per batch, sorting by length is (up to "
-            "where a last, short batch falls) the split with the least padding; one mega-batch "
-            "(32 batches) holds the whole file here, so the grouped plan's padding is about the "
-            "floor for the default mode on this data",
+            "batch plans: the engine's padding counted from its own plan, the passes it "
+            "computes each batch in included (a batch whose lengths differ is split into the "
+            "fewest passes padding at most 2% of its tokens; gradients accumulate, so a step "
+            "still takes batch_size examples); it matches the padding the run measures",
             "TRL's packing keeps examples whose truncation to max_seq_length leaves no "
             "assistant token (its default mode and the engine drop them): it feeds more input "
             "tokens for the same label tokens, which raises its tokens/s but not its label "

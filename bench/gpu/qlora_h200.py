@@ -284,9 +284,9 @@ class Phase:
 
         run, total = self.run, 0
         for index in range(warmup, warmup + steps):
-            rows = run.plan.micro_batch(index)
-            batch = collate(run.examples, rows, 0, run.config.training.packing)
-            total += batch.input_ids.numel()
+            for rows in run.plan.passes(index):
+                batch = collate(run.examples, rows, 0, run.config.training.packing)
+                total += batch.input_ids.numel()
         return total
 
     def close(self) -> None:

@@ -5,8 +5,9 @@ most max_seq_length tokens by best-fit decreasing (longest first, each into the 
 fits); position_ids restart at 0 for each example and no attention mask is passed, so
 transformers builds a block-diagonal causal mask and packed examples never attend to each
 other. Either way batches are grouped by row length (shuffle, then sort within mega-batches
-of 32 batches) so little padding is computed. The batch order of epoch e depends only on
-(seed, e): a step number is a complete data position.
+of 32 batches) so little padding is computed, and a batch whose lengths still differ is
+computed in a few passes of similar lengths (see `split_passes`). The batch order of epoch e
+depends only on (seed, e): a step number is a complete data position.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import torch
 from worker.training.data import IGNORE_INDEX, TokenizedExample
 
 MEGABATCH_FACTOR = 32
+# A batch is computed in the fewest forward/backward passes (at most MAX_PASSES) whose padding
+# is at most this share of its tokens.
+PASS_PADDING_TARGET = 0.02
+MAX_PASSES = 8
 # Keeps per-epoch permutations of different seeds apart.
 EPOCH_SEED_STRIDE = 100_003
 
@@ -103,6 +108,54 @@ class BatchPlan:
         """The rows of the index-th micro-batch since the start of training."""
         epoch, position = divmod(index, self.batches_per_epoch)
         return [self.rows[row] for row in self.epoch_batches(epoch)[position]]
+
+    def passes(self, index: int) -> list[list[Row]]:
+        """The index-th micro-batch's rows, split into passes of similar lengths."""
+        epoch, position = divmod(index, self.batches_per_epoch)
+        batch = self.epoch_batches(epoch)[position]
+        groups = split_passes([self.row_lengths[row] for row in batch])
+        return [[self.rows[batch[at]] for at in group] for group in groups]
+
+
+def split_passes(
+    lengths: Sequence[int], target: float = PASS_PADDING_TARGET, max_passes: int = MAX_PASSES
+) -> list[list[int]]:
+    """Positions of `lengths` in the fewest passes whose padding is at most `target` of them.
+
+    A batch's loss is summed over its tokens and normalised by the step's trained tokens, so
+    computing it in several passes (gradients accumulate) gives the gradient of one pass, less
+    the padding: batch_size keeps its meaning (examples per step) while a batch of 8 whose
+    lengths run from 200 to 900 is not padded to 8 x 900. Each pass is a run of the lengths
+    sorted longest first; for k passes the split with the least padding is found by dynamic
+    programming, k growing until the target is met (or max_passes, the least padding then).
+    Deterministic, so a resumed run computes the same passes.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sizes = [lengths[i] for i in order]
+    n, allowed = len(sizes), target * sum(lengths)
+    # best[j]: least positions computed for sizes[:j] in k passes; starts[k][j]: where the
+    # last of those k passes starts.
+    best = [0.0] + [math.inf] * n
+    starts: list[list[int]] = []
+    for _ in range(min(n, max_passes)):
+        ahead, start = [math.inf] * (n + 1), [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(j):
+                # sizes[i] is the longest of sizes[i:j]: the pass is padded to it.
+                cost = best[i] + sizes[i] * (j - i)
+                if cost < ahead[j]:
+                    ahead[j], start[j] = cost, i
+        best = ahead
+        starts.append(start)
+        if best[n] - sum(sizes) <= allowed:
+            break
+    groups, end = [], n
+    for start in reversed(starts):
+        if end == 0:
+            break
+        groups.append(order[start[end] : end])
+        end = start[end]
+    return groups[::-1]
 
 
 def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int) -> list[int]:

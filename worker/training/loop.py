@@ -12,7 +12,7 @@ from peft import PeftModel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from worker.training.batching import Batch, BatchPlan, collate
+from worker.training.batching import Batch, BatchPlan, collate, split_passes
 from worker.training.config import TrainingConfig
 from worker.training.data import IGNORE_INDEX, TokenizedExample
 from worker.training.models import inference_mode
@@ -101,8 +101,9 @@ def train_step(run: TrainingRun) -> StepOutput:
     """Forward/backward over the step's micro-batches, clip, optimizer and scheduler step."""
     indices = step_micro_batches(run, run.state.global_step)
     batches = [
-        collate(run.examples, run.plan.micro_batch(i), run.pad_id, run.config.training.packing)
+        collate(run.examples, rows, run.pad_id, run.config.training.packing)
         for i in indices
+        for rows in run.plan.passes(i)
     ]
     # Normalise by the step's trained tokens: every token weighs the same, whatever its batch.
     step_tokens = max(1, sum(batch.trained_tokens for batch in batches))
@@ -146,12 +147,13 @@ def evaluate(run: TrainingRun) -> tuple[float, float]:
 def build_eval_batches(
     examples: list[TokenizedExample], batch_size: int, pad_id: int
 ) -> list[Batch]:
-    """Validation batches of similar lengths, in a fixed order."""
+    """Validation batches of similar lengths in a fixed order, each split into passes."""
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    rows = [(i,) for i in order]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     return [
-        collate(examples, rows[start : start + batch_size], pad_id, packing=False)
-        for start in range(0, len(rows), batch_size)
+        collate(examples, [(batch[at],) for at in group], pad_id, packing=False)
+        for batch in batches
+        for group in split_passes([len(examples[i].input_ids) for i in batch])
     ]
 
 

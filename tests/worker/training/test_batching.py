@@ -1,4 +1,4 @@
-"""Packing, length grouping and a data order that is a pure function of (seed, epoch)."""
+"""Packing, length grouping, passes, and a data order that is a pure function of (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from worker.training.batching import build_plan, collate, pack_rows
+from worker.training.batching import build_plan, collate, pack_rows, split_passes
 from worker.training.data import IGNORE_INDEX, TokenizedExample
 from worker.training.tiny import ensure_tiny_model
 
@@ -91,3 +91,76 @@ def test_batch_order_is_a_function_of_seed_and_epoch() -> None:
     assert order(1, 0) != order(2, 0)
     epoch_rows = sorted(i for batch in order(1, 1) for row in batch for i in row)
     assert epoch_rows == list(range(len(examples)))
+
+
+def padding_share(lengths: list[int], groups: list[list[int]]) -> float:
+    positions = sum(max(lengths[i] for i in group) * len(group) for group in groups)
+    return 1 - sum(lengths) / positions
+
+
+def test_split_passes_meets_the_padding_target_with_few_passes() -> None:
+    lengths = [900, 205, 210, 890, 200, 640, 215, 630]
+    groups = split_passes(lengths, target=0.02)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert padding_share(lengths, groups) <= 0.02
+    # The three length clusters: no fewer passes can meet 2% and no more are taken.
+    assert sorted(sorted(lengths[i] for i in group) for group in groups) == [
+        [200, 205, 210, 215],
+        [630, 640],
+        [890, 900],
+    ]
+    assert padding_share(lengths, [list(range(len(lengths)))]) > 0.3
+
+
+def test_split_passes_keeps_similar_lengths_in_one_pass_and_respects_the_cap() -> None:
+    assert split_passes([100, 99, 100, 98]) == [[0, 2, 1, 3]]
+    lengths = [2**k for k in range(10)]
+    capped = split_passes(lengths, target=0.0, max_passes=3)
+    assert len(capped) == 3
+    assert split_passes(lengths, target=0.0, max_passes=10) == [[i] for i in range(9, -1, -1)]
+
+
+def test_plan_passes_hold_exactly_the_micro_batchs_rows() -> None:
+    lengths = [
+        int(n) for n in torch.randint(4, 200, (40,), generator=torch.Generator().manual_seed(3))
+    ]
+    examples = [example(n) for n in lengths]
+    plan = build_plan(examples, batch_size=8, seed=1, packing=False, max_seq_length=256)
+    for index in range(2 * plan.batches_per_epoch):
+        rows = [row for group in plan.passes(index) for row in group]
+        assert sorted(rows) == sorted(plan.micro_batch(index))
+
+
+def test_passes_give_the_gradient_of_one_padded_batch(models_dir: Path) -> None:
+    """Summed token losses over passes, normalised once: the one-pass gradient, less padding."""
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.data import IGNORE_INDEX as ignore
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(models_dir))
+    examples = [example(n, offset=10 + 3 * i) for i, n in enumerate((40, 6, 40, 6, 40))]
+    rows = [(i,) for i in range(len(examples))]
+    groups = split_passes([len(e.input_ids) for e in examples])
+    assert len(groups) == 2
+
+    def gradients(batches: list[Any]) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        tokens = sum(batch.trained_tokens for batch in batches)
+        for batch in batches:
+            logits = model(**batch.model_inputs("cpu"), use_cache=False).logits[:, :-1]
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1),
+                batch.labels[:, 1:].flatten(),
+                ignore_index=ignore,
+                reduction="sum",
+            )
+            (loss / tokens).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    whole = gradients([collate(examples, rows, pad_id=0, packing=False)])
+    passes = [collate(examples, [rows[i] for i in group], 0, False) for group in groups]
+    assert sum(batch.input_ids.numel() for batch in passes) == 3 * 40 + 2 * 6
+    split = gradients(passes)
+    assert whole.keys() == split.keys()
+    for name, grad in whole.items():
+        torch.testing.assert_close(split[name], grad, atol=1e-6, rtol=1e-4, msg=name)
