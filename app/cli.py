@@ -61,7 +61,7 @@ def api(
     settings = get_settings()
     upgrade_head(settings.resolved_database_url())
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:create_served_app",
         factory=True,
         host=host,
         port=port,

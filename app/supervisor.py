@@ -123,7 +123,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     supervisor.start()
     try:
         config = uvicorn.Config(
-            "app.main:create_app",
+            "app.main:create_served_app",
             factory=True,
             host=host,
             port=port,

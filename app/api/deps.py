@@ -51,6 +51,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
+async def get_read_session(request: Request) -> AsyncIterator[Session]:
+    """An autocommit session for reads: returning its connection sends nothing, so no hop."""
+    session: Session = request.app.state.read_session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 async def get_session_factory(request: Request) -> sessionmaker[Session]:
     """For work that outlives the request's session (a stream opens one per poll)."""
     factory: sessionmaker[Session] = request.app.state.session_factory
@@ -71,6 +80,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the handler returns, before the body is sent: a slow reader of a download must
 # not hold a pooled connection (a few dozen of them would stall every other request).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
@@ -113,7 +123,17 @@ def load_file(
     return file_service.get_file(session, organization_id, file_id)
 
 
+def load_job_to_read(
+    session: ReadSessionDep,
+    organization_id: CurrentOrgDep,
+    fine_tuning_job_id: Annotated[str, Path()],
+) -> Job:
+    """The job, for routes that only read: loaded by a read session."""
+    return job_service.get_job(session, organization_id, fine_tuning_job_id)
+
+
 JobDep = Annotated[Job, Depends(load_job)]
+ReadJobDep = Annotated[Job, Depends(load_job_to_read)]
 FileDep = Annotated[File, Depends(load_file)]
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Row
+
 from app.db.base import unix
 from app.db.models import Checkpoint, Export, File, Job, JobEvent
 from app.schemas.exports import ExportPublic
@@ -62,7 +66,8 @@ def job_public(job: Job) -> JobPublic:
     )
 
 
-def event_public(event: JobEvent) -> EventPublic:
+def event_public(event: JobEvent | Row[Any]) -> EventPublic:
+    """An event from its ORM object or from a row of `EVENT_COLUMNS`."""
     return EventPublic(
         id=event_id(event.seq),
         created_at=unix(event.created_at) or 0,

@@ -1,17 +1,34 @@
-"""Engines and sessions. SQLite gets WAL and a busy timeout: one writer at a time, waiting."""
+"""Engines and sessions. SQLite gets WAL and a busy timeout: one writer at a time, waiting.
+
+A pooled PostgreSQL connection is pinged before use only when it has sat idle for a while
+(PING_AFTER_IDLE_S): a busy API reuses each connection within milliseconds, and a ping on
+every checkout (pool_pre_ping) was one more round trip per request. A connection that fails
+its ping is replaced before the request sees it; one broken while in steady use fails that
+request, and SQLAlchemy then recycles every connection older than the failure.
+
+Reads that need no transaction take a read session (autocommit): no BEGIN before the query
+and no ROLLBACK when the connection goes back to the pool.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PING_AFTER_IDLE_S = 1.0
+# Connections kept open, and opened beyond those under load (closed again when returned).
+# The API's thread pool runs up to 40 handlers at once: a pool smaller than the usual
+# concurrency opens and closes a connection per request.
+POOL_SIZE = 20
+POOL_OVERFLOW = 20
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,11 +51,38 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a connection on checkout if it has been idle PING_AFTER_IDLE_S or more."""
+
+    def mark(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            # The pool discards this connection and checks out another (or a new one).
+            raise exc.DisconnectionError(str(error)) from error
+
+    event.listen(engine, "connect", mark)
+    event.listen(engine, "checkin", mark)
+    event.listen(engine, "checkout", checkout)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads that need no transaction: each statement autocommits."""
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 @contextmanager

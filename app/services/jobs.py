@@ -178,8 +178,21 @@ def get_job(session: Session, organization_id: str, job_id: str) -> Job:
         select(Job).where(Job.id == job_id, Job.organization_id == organization_id)
     )
     if job is None:
-        raise JobNotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+        raise _job_not_found(job_id)
     return job
+
+
+def require_job(session: Session, organization_id: str, job_id: str) -> None:
+    """404 unless the tenant has this job; for reads that need only its id."""
+    found = session.scalar(
+        select(Job.id).where(Job.id == job_id, Job.organization_id == organization_id)
+    )
+    if found is None:
+        raise _job_not_found(job_id)
+
+
+def _job_not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
 
 
 def list_jobs(

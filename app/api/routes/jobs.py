@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     AfterQuery,
@@ -15,6 +17,8 @@ from app.api.deps import (
     EnqueuerDep,
     JobDep,
     LimitQuery,
+    ReadJobDep,
+    ReadSessionDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -67,7 +71,7 @@ def create_job(
 
 @router.get("")
 def read_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
@@ -78,7 +82,7 @@ def read_jobs(
 
 
 @router.get("/{fine_tuning_job_id}")
-async def read_job(job: JobDep) -> JobPublic:
+async def read_job(job: ReadJobDep) -> JobPublic:
     return job_public(job)
 
 
@@ -104,9 +108,10 @@ def resume_job(
     response_model=ListPage[EventPublic],
     responses={200: SSE_RESPONSE},
 )
-def read_job_events(
-    job: JobDep,
-    session: SessionDep,
+async def read_job_events(
+    session: ReadSessionDep,
+    organization_id: CurrentOrgDep,
+    fine_tuning_job_id: Annotated[str, Path()],
     request: Request,
     factory: SessionFactoryDep,
     settings: SettingsDep,
@@ -118,15 +123,16 @@ def read_job_events(
     """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
     resumed after Last-Event-ID (or `after`)."""
     if not stream:
-        rows, has_more = event_service.list_events(session, job, after=after, limit=limit)
-        return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+        # The job and its page in one trip to the thread pool.
+        return await run_in_threadpool(
+            events_page, session, organization_id, fine_tuning_job_id, after, limit
+        )
     after_seq = resume_after(last_event_id, after)
-    job_id = job.id
-    session.close()  # the stream polls with short sessions of its own
+    job = await run_in_threadpool(job_service.get_job, session, organization_id, fine_tuning_job_id)
     events = stream_job_events(
         request,
         factory,
-        job_id,
+        job.id,
         after_seq,
         poll_interval_s=settings.event_poll_interval_s,
         keepalive_s=settings.event_keepalive_s,
@@ -135,9 +141,17 @@ def read_job_events(
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
+def events_page(
+    session: Session, organization_id: str, job_id: str, after: str | None, limit: int
+) -> ListPage[EventPublic]:
+    job_service.require_job(session, organization_id, job_id)
+    rows, has_more = event_service.list_events(session, job_id, after=after, limit=limit)
+    return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+
+
 @router.get("/{fine_tuning_job_id}/checkpoints")
 def read_job_checkpoints(
-    job: JobDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 10
+    job: ReadJobDep, session: ReadSessionDep, after: AfterQuery = None, limit: LimitQuery = 10
 ) -> ListPage[CheckpointPublic]:
     """Checkpoints, newest step first."""
     rows, has_more = event_service.list_checkpoints(session, job, after=after, limit=limit)
