@@ -163,7 +163,7 @@ def trainer_section(result: dict[str, Any], images: Path) -> tuple[str, list[lis
         parts.append(
             "The engine's batch plans for these files, computed from the token lengths with "
             "its own `build_plan` (grouped by length; packed by best-fit decreasing, then "
-            "grouped), for one epoch:\n\n"
+            "grouped) and the passes each batch is computed in, for one epoch:\n\n"
             + table(["profile", "plan", "rows", "steps/epoch", "padding"], plan_rows)
         )
     parts.append("\n".join(f"- {note}" for note in result.get("notes", [])))

@@ -4,7 +4,7 @@ and API keys for two tenants."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ class RecordingEnqueuer:
     factory: sessionmaker[Session] | None = None
     sent: list[Sent] = field(default_factory=list)
     fail: bool = False
+    # Runs after a send, as a worker that took the message at once would.
+    after_send: Callable[[list[Any]], None] | None = None
 
     def send(self, task_name: str, args: list[Any], queue: str) -> None:
         if self.fail:
@@ -50,6 +52,8 @@ class RecordingEnqueuer:
             with self.factory() as session:
                 status = session.scalar(select(table.status).where(table.id == args[0]))
         self.sent.append(Sent(task_name, args, queue, status))
+        if self.after_send is not None:
+            self.after_send(args)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

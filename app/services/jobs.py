@@ -9,6 +9,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import Settings
 from app.db.base import new_id, utcnow
@@ -166,9 +167,14 @@ def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) 
     """Ring the bell for a committed queued job; record when it was sent."""
     if not try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue):
         return False
-    compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=utcnow())
+    sent_at = utcnow()
+    recorded = compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=sent_at)
     session.commit()
-    session.refresh(job)
+    if recorded:
+        # Still queued when the row was written: the loaded job lacks only this value.
+        set_committed_value(job, "enqueued_at", sent_at)
+    else:
+        session.refresh(job)  # a worker moved it on already
     return True
 
 

@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db.base import utcnow
 from app.db.models import Job
+from app.services.transitions import compare_and_set
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
 
@@ -142,6 +144,40 @@ def test_enqueue_failure_still_creates_the_job(
         assert job is not None
         assert job.status == "queued"
         assert job.enqueued_at is None  # the reaper's signal to publish it again
+
+
+def test_publishing_records_when_the_job_was_sent(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    before = utcnow()
+    response = create_job(client, tenant_a, training_file)
+    assert response.json()["status"] == "queued"
+    with session_factory() as session:
+        job = session.get(Job, response.json()["id"])
+        assert job is not None
+        assert job.enqueued_at is not None
+        assert before <= job.enqueued_at <= utcnow()
+
+
+def test_a_job_claimed_while_it_was_published_is_answered_as_it_is_now(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    enqueuer: RecordingEnqueuer,
+    session_factory: sessionmaker[Session],
+):
+    def claim(args: list[Any]) -> None:
+        with session_factory() as session:
+            assert compare_and_set(session, args[0], from_statuses={"queued"}, to_status="running")
+            session.commit()
+
+    enqueuer.after_send = claim
+    response = create_job(client, tenant_a, training_file)
+    assert response.status_code == 200
+    assert response.json()["status"] == "running"
 
 
 def test_idempotency_key_returns_the_same_job(
