@@ -151,8 +151,8 @@ def create_served_app() -> FastAPI:
 
     Everything alive once the app is built (modules, routes, schemas: hundreds of thousands
     of objects) lives as long as the process. Left to the cyclic garbage collector, each full
-    collection walked all of them, a pause of tens of milliseconds under load that set the
-    API's p99 latency. Frozen, they are never scanned; what requests allocate still is.
+    collection would walk all of them: a pause of tens of milliseconds under load, enough to
+    set the API's p99 latency. Frozen, they are never scanned; what requests allocate still is.
     """
     app = create_app()
     gc.collect()
