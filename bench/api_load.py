@@ -346,7 +346,7 @@ def httptools_variant(
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host",
+        [sys.executable, "-m", "uvicorn", "app.main:create_served_app", "--factory", "--host",
          "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "httptools",
          "--log-level", "warning"],
         env={**os.environ, **stack.env},
