@@ -58,10 +58,16 @@ EVENT_COLUMNS = (
 
 
 def list_events(
-    session: Session, job_id: str, *, after: str | None, limit: int
+    session: Session, organization_id: str, job_id: str, *, after: str | None, limit: int
 ) -> tuple[list[Row[Any]], bool]:
-    """Newest first, as OpenAI lists them; `after` is the last event id of the previous page."""
-    stmt = select(*EVENT_COLUMNS).where(JobEvent.job_id == job_id)
+    """Newest first, as OpenAI lists them; `after` is the last event id of the previous page.
+
+    Only the tenant's events: no rows for another organization's job (the caller tells a
+    missing job from an empty page only when there are no rows).
+    """
+    stmt = select(*EVENT_COLUMNS).where(
+        JobEvent.job_id == job_id, JobEvent.organization_id == organization_id
+    )
     if after is not None:
         stmt = stmt.where(JobEvent.seq < parse_event_id(after))
     rows = list(session.execute(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))

@@ -277,6 +277,20 @@ def test_events_list_newest_first_with_cursor(
     assert rest["has_more"] is False
 
 
+def test_events_past_the_oldest_are_an_empty_page_and_an_unknown_job_is_404(
+    client: TestClient, tenant_a: Tenant, training_file: str
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    events = f"/v1/fine_tuning/jobs/{job_id}/events"
+    oldest = client.get(events, headers=tenant_a.headers).json()["data"][-1]["id"]
+    past = client.get(f"{events}?after={oldest}", headers=tenant_a.headers)
+    assert past.status_code == 200
+    assert (past.json()["data"], past.json()["has_more"]) == ([], False)
+    missing = client.get("/v1/fine_tuning/jobs/ftjob-missing/events", headers=tenant_a.headers)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["param"] == "fine_tuning_job_id"
+
+
 def test_checkpoints_list_newest_step_first(
     client: TestClient,
     tenant_a: Tenant,

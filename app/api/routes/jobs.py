@@ -144,8 +144,11 @@ async def read_job_events(
 def events_page(
     session: Session, organization_id: str, job_id: str, after: str | None, limit: int
 ) -> ListPage[EventPublic]:
-    job_service.require_job(session, organization_id, job_id)
-    rows, has_more = event_service.list_events(session, job_id, after=after, limit=limit)
+    rows, has_more = event_service.list_events(
+        session, organization_id, job_id, after=after, limit=limit
+    )
+    if not rows:  # a job with no events past the cursor, or no such job: 404
+        job_service.require_job(session, organization_id, job_id)
     return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
 
 
