@@ -30,6 +30,8 @@ from tests.live import START_TIMEOUT_S, wait_for
 
 pytestmark = pytest.mark.slow
 
+PAUSE_STEPS = 300
+
 
 @pytest.fixture(
     scope="module", params=["embedded", pytest.param("postgres-redis", marks=pytest.mark.postgres)]
@@ -151,8 +153,13 @@ def test_cancel_during_training_stops_promptly(stack: Stack):
 
 def test_pause_then_resume_continues_the_loss_curve(stack: Stack):
     client = stack.client()
+    # Enough steps that the pause lands mid-run on a fast CPU too: metrics become visible in
+    # 0.3 s batches, and 40 steps of the tiny model could all run inside one of them.
     created = create_job(
-        client, upload(client, hello_dataset(40)), max_steps=40, checkpoint_every_steps=1000
+        client,
+        upload(client, hello_dataset(40)),
+        max_steps=PAUSE_STEPS,
+        checkpoint_every_steps=10**4,
     )
     wait_for(lambda: len(metric_steps(client, created["id"])) >= 10, 180, "ten steps")
     client.post(f"/fine_tuning/jobs/{created['id']}/pause")
@@ -165,7 +172,7 @@ def test_pause_then_resume_continues_the_loss_curve(stack: Stack):
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 2
     steps = metric_steps(client, created["id"])
-    assert [s for s, _ in steps] == list(range(1, 41))
+    assert [s for s, _ in steps] == list(range(1, PAUSE_STEPS + 1))
     after_first = dict(steps)[paused_at + 1]
     # Continuing, not restarting: the loss right after resuming is near where it paused.
     assert after_first < before[1] - 0.3

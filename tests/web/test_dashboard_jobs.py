@@ -25,7 +25,10 @@ from tests.web.pages import expect, sign_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-TRAIN_STEPS = 40
+# Long enough for several of the page's 2 s polls while it trains, on a fast CPU too.
+TRAIN_STEPS = 400
+EVAL_EVERY = TRAIN_STEPS // 4
+CHECKPOINT_EVERY = TRAIN_STEPS // 2
 
 
 def plotted_points(page: Any) -> int:
@@ -89,8 +92,8 @@ def test_new_job_trains_with_a_live_chart_and_downloads_its_weights(
     page.get_by_label("Max steps (optional)").fill(str(TRAIN_STEPS))
     page.get_by_label("Learning rate", exact=True).fill("0.002")
     page.get_by_label("Gradient checkpointing").uncheck()
-    page.get_by_label("Evaluate every N steps (optional)").fill("10")
-    page.get_by_label("Checkpoint every N steps (optional)").fill("20")
+    page.get_by_label("Evaluate every N steps (optional)").fill(str(EVAL_EVERY))
+    page.get_by_label("Checkpoint every N steps (optional)").fill(str(CHECKPOINT_EVERY))
     page.get_by_role("button", name="Estimate memory").click()
     expected = client.post(
         "/fine_tuning/estimates",
@@ -126,7 +129,7 @@ def test_new_job_trains_with_a_live_chart_and_downloads_its_weights(
     assert counts == sorted(counts), counts
     # Points arrived while the job trained, not all at once at the end.
     assert len({c for c in counts if 0 < c < TRAIN_STEPS}) >= 2, counts
-    expect(page.locator("#loss-chart circle.eval-point")).to_have_count(TRAIN_STEPS // 10)
+    expect(page.locator("#loss-chart circle.eval-point")).to_have_count(TRAIN_STEPS // EVAL_EVERY)
     expect(page.locator("#job-steps")).to_have_text(f"step {TRAIN_STEPS} of {TRAIN_STEPS}")
     expect(page.locator("#job-fine-tuned")).to_contain_text(
         "ft:loraforge/tiny-random-llama:default:browser:"
@@ -142,7 +145,9 @@ def test_new_job_trains_with_a_live_chart_and_downloads_its_weights(
     assert f"{job_id}-adapter/adapter_model.safetensors" in tar_names(adapter)
     checkpoint = saved_download(
         page,
-        page.get_by_role("button", name="Download the adapter of checkpoint step 20"),
+        page.get_by_role(
+            "button", name=f"Download the adapter of checkpoint step {CHECKPOINT_EVERY}"
+        ),
         tmp_path,
     )
     assert any(n.endswith("/adapter_model.safetensors") for n in tar_names(checkpoint))
