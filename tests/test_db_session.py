@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session as db_session
 from tests.databases import POSTGRES_ADMIN_URL, postgres_database
@@ -64,18 +65,19 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     assert len(pings) >= 1
 
 
+def state_after_a_select(factory: sessionmaker[Session]) -> tuple[bool, Any]:
+    """(autocommit, transaction status) of the session's connection after one SELECT."""
+    with factory() as session:
+        session.execute(text("select 1"))
+        dbapi = session.connection().connection.dbapi_connection
+        assert dbapi is not None
+        return dbapi.autocommit, dbapi.info.transaction_status
+
+
 def test_a_read_session_autocommits_and_leaves_the_pool_as_it_found_it(engine: Engine) -> None:
+    status = psycopg.pq.TransactionStatus
     reads = db_session.make_read_session_factory(engine)
+    assert state_after_a_select(reads) == (True, status.IDLE)
+    # The same pooled connection, back in its default mode for a writing session.
     writes = db_session.make_session_factory(engine)
-    with reads() as session:
-        session.execute(text("select 1"))
-        dbapi = session.connection().connection.dbapi_connection
-        assert dbapi is not None
-        assert dbapi.autocommit is True
-        assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    with writes() as session:
-        session.execute(text("select 1"))
-        dbapi = session.connection().connection.dbapi_connection
-        assert dbapi is not None
-        assert dbapi.autocommit is False
-        assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert state_after_a_select(writes) == (False, status.INTRANS)

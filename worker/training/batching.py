@@ -132,7 +132,7 @@ def split_passes(
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     sizes = [lengths[i] for i in order]
-    n, allowed = len(sizes), target * sum(lengths)
+    n, tokens = len(sizes), sum(sizes)
     # best[j]: least positions computed for sizes[:j] in k passes; starts[k][j]: where the
     # last of those k passes starts.
     best = [0.0] + [math.inf] * n
@@ -147,7 +147,7 @@ def split_passes(
                     ahead[j], start[j] = cost, i
         best = ahead
         starts.append(start)
-        if best[n] - sum(sizes) <= allowed:
+        if best[n] - tokens <= target * tokens:
             break
     groups, end = [], n
     for start in reversed(starts):
