@@ -2,9 +2,9 @@
 
 A pooled PostgreSQL connection is pinged before use only when it has sat idle for a while
 (PING_AFTER_IDLE_S): a busy API reuses each connection within milliseconds, and a ping on
-every checkout (pool_pre_ping) would cost one more round trip per request. A connection that fails
-its ping is replaced before the request sees it; one broken while in steady use fails that
-request, and SQLAlchemy then recycles every connection older than the failure.
+every checkout (pool_pre_ping) would cost one more round trip per request. A connection
+that fails its ping is replaced before the request sees it; one broken while in steady use
+fails that request, and SQLAlchemy then recycles every connection older than the failure.
 
 Reads that need no transaction take a read session (autocommit): no BEGIN before the query
 and no ROLLBACK when the connection goes back to the pool.
