@@ -308,7 +308,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         results["load"] = run_targets(targets, generator, stack.key, args)
         results["api_rss_after_kib"] = memory_kib(pid, "VmRSS")
         if not args.quick:
-            results["httptools_variant"] = httptools_variant(
+            results["h11_variant"] = h11_variant(
                 stack, {k: targets[k] for k in ("healthz", "get_job")}, generator, args
             )
         drop_queue(stack.env["LORAFORGE_JOB_QUEUE"])
@@ -334,10 +334,10 @@ def run_targets(
     return load
 
 
-def httptools_variant(
+def h11_variant(
     stack: Any, targets: dict[str, tuple[str, str | None]], generator: Any, args: Any
 ) -> dict[str, Any]:
-    """The same app and database under uvicorn's default parser (httptools), not h11.
+    """The same app and database under uvicorn's pure-Python parser (h11), not httptools.
 
     For comparison only: `loraforge api` chooses its parser (app/api/server_options.py).
     """
@@ -347,18 +347,18 @@ def httptools_variant(
     base_url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_served_app", "--factory", "--host",
-         "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "httptools",
-         "--log-level", "warning"],
+         "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "h11",
+         "--h11-max-incomplete-event-size", "65536", "--log-level", "warning"],
         env={**os.environ, **stack.env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for(lambda: healthy(base_url), 60, "the httptools server")
+        wait_for(lambda: healthy(base_url), 60, "the h11 server")
         moved = {
             k: (url.replace(stack.base_url, base_url), body) for k, (url, body) in targets.items()
         }
-        return {"server": "python -m uvicorn ... --http httptools --workers 1",
+        return {"server": "python -m uvicorn ... --http h11 --workers 1",
                 "load": run_targets(moved, generator, stack.key, args)}  # fmt: skip
     finally:
         stop(process)
@@ -422,18 +422,19 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = "python bench/api_load.py" + (" --quick" if args.quick else "")
     results = header("api_load", command, args.quick)
-    try:
-        from app.api.server_options import HTTP_OPTIONS
-    except ImportError:  # older trees: uvicorn's defaults
-        HTTP_OPTIONS = {}
+    from app.api.server_options import HTTP_OPTIONS, MAX_REQUEST_HEAD_BYTES
+
     results["server"] = {
         "command": "loraforge api (uvicorn, 1 worker)",
-        "uvicorn_options": HTTP_OPTIONS,
+        "uvicorn_options": {k: getattr(v, "__qualname__", v) for k, v in HTTP_OPTIONS.items()},
+        "max_request_head_bytes": MAX_REQUEST_HEAD_BYTES,
         "database": "PostgreSQL on 127.0.0.1 (a fresh database)",
         "broker": "Redis 127.0.0.1:6379 db 12, a queue of its own",
         "settings": limits_off,
     }
-    results["libraries"] = library_versions("uvicorn", "fastapi", "starlette", "h11", "httptools")
+    results["libraries"] = library_versions(
+        "uvicorn", "fastapi", "starlette", "h11", "httptools", "sqlalchemy", "psycopg"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-api-") as root:
         results.update(measure(args, Path(root)))
     results["goals"] = goals(results)

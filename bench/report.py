@@ -366,7 +366,7 @@ def api_section(result: dict[str, Any], images: Path) -> tuple[str, list[list[An
         f"({up['rss_samples']} samples), VmHWM {up['hwm_before_kib'] / 1024:.0f} -> "
         f"{up['hwm_after_kib'] / 1024:.0f} MiB: growth **{up['growth_mib']:.1f} MiB**.",
     ]
-    variant = result.get("httptools_variant")
+    variant = result.get("h11_variant")
     if variant:
         rows = [
             [
@@ -379,14 +379,14 @@ def api_section(result: dict[str, Any], images: Path) -> tuple[str, list[list[An
             for name, x in variant["load"].items()
         ]
         parts.append(
-            "For comparison, the same app and database under uvicorn's default HTTP parser "
-            f"(`{variant['server']}`) instead of `loraforge api`'s:\n\n"
+            "For comparison, the same app and database under uvicorn's pure-Python HTTP parser "
+            f"(`{variant['server']}`) instead of `loraforge api`'s (httptools, head capped):\n\n"
             + table(
                 [
                     "endpoint",
-                    "req/s httptools",
+                    "req/s h11",
                     "req/s loraforge api",
-                    "p99 ms httptools",
+                    "p99 ms h11",
                     "p99 ms loraforge api",
                 ],
                 rows,

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from app.api.server_options import MAX_REQUEST_HEAD_BYTES
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_session_factory
 from app.services.keys import hash_key
@@ -192,9 +193,29 @@ def test_huge_header_is_refused_and_the_server_stays_up(live: Live):
         big = "a" * 1_000_000
         sock.sendall(f"GET /v1/files HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n".encode())
         status = status_of(sock)
-    assert status == 400  # h11 refuses a request head over MAX_REQUEST_HEAD_BYTES
+    assert status == 431  # a request head over MAX_REQUEST_HEAD_BYTES
     response, took = timed_get(live, "/v1/files")
     assert response.status_code == 200 and took < QUICK_S
+
+
+def test_head_sent_in_small_pieces_is_refused_past_the_cap(live: Live):
+    with connect(live) as sock:
+        sock.sendall(b"GET /v1/files HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        with suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(2 * MAX_REQUEST_HEAD_BYTES // 4096):
+                sock.sendall(b"a" * 4096)
+                time.sleep(0.002)  # one read per piece on the server
+        status = status_of(sock)
+    assert status == 431
+
+
+def test_heads_under_the_cap_are_served_one_after_another_on_a_connection(live: Live):
+    """The cap is per request: three heads that sum to more than it, on one connection."""
+    padding = "a" * (MAX_REQUEST_HEAD_BYTES - 4096)
+    with httpx.Client(base_url=live.base_url, headers=live.headers, timeout=30) as client:
+        for _ in range(3):
+            response = client.get("/v1/files", headers={"X-Padding": padding})
+            assert response.status_code == 200
 
 
 def test_many_parts_are_refused(live: Live):
