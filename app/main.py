@@ -20,7 +20,12 @@ from app.api.ratelimit import RateLimiter
 from app.api.routes import estimates, exports, files, health, jobs, models, web
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
-from app.db.session import make_engine, make_read_session_factory, make_session_factory
+from app.db.session import (
+    make_engine,
+    make_read_engine,
+    make_read_session_factory,
+    make_session_factory,
+)
 from app.errors import ApiError
 from app.queue import CeleryEnqueuer, Enqueuer
 from app.storage import build_storage
@@ -119,6 +124,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
             upgrade_head(settings.resolved_database_url())
         yield
         app.state.engine.dispose()
+        await app.state.read_engine.dispose()
 
     app = FastAPI(
         title="loraforge",
@@ -127,10 +133,12 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
         lifespan=lifespan,
     )
     engine = make_engine(settings.resolved_database_url())
+    read_engine = make_read_engine(settings.resolved_database_url())
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.read_session_factory = make_read_session_factory(engine)
+    app.state.read_engine = read_engine
+    app.state.read_session_factory = make_read_session_factory(read_engine)
     app.state.storage = build_storage(settings)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)

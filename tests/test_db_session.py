@@ -1,14 +1,17 @@
-"""Pooled PostgreSQL connections: pinged only after sitting idle, and autocommit read sessions."""
+"""Pooled PostgreSQL connections, on the writing engine and on the API's asynchronous read
+engine: pinged only after sitting idle, replaced when the server dropped them; reads
+autocommit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import session as db_session
 from tests.databases import POSTGRES_ADMIN_URL, postgres_database
@@ -17,15 +20,12 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
+def database_url() -> Iterator[str]:
     with postgres_database() as url:
-        engine = db_session.make_engine(url)
-        yield engine
-        engine.dispose()
+        yield url
 
 
-@pytest.fixture
-def pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def count_pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
     real = engine.dialect.do_ping
 
@@ -37,11 +37,6 @@ def pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-def backend_pid(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(text("select pg_backend_pid()")).scalar_one())
-
-
 def terminate(pid: int) -> None:
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -49,35 +44,88 @@ def terminate(pid: int) -> None:
     admin.dispose()
 
 
-def test_a_connection_in_steady_use_is_not_pinged(engine: Engine, pings: list[Any]) -> None:
-    first = backend_pid(engine)
-    assert [backend_pid(engine) for _ in range(5)] == [first] * 5
-    assert pings == []
+class WritingEngine:
+    def __init__(self, url: str) -> None:
+        self.engine = db_session.make_engine(url)
+        self.sync_engine = self.engine
+
+    def backend_pid(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(text("select pg_backend_pid()")).scalar_one())
+
+    def run(self, steps: Callable[[], Any]) -> Any:
+        try:
+            return steps()
+        finally:
+            self.engine.dispose()
+
+
+class ReadEngine:
+    """The read engine, driven from one event loop for the whole test."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = db_session.make_read_engine(url)
+        self.sync_engine = self.engine.sync_engine
+        self.loop = asyncio.new_event_loop()
+
+    async def _backend_pid(self) -> int:
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(text("select pg_backend_pid()"))).scalar_one())
+
+    def backend_pid(self) -> int:
+        return self.loop.run_until_complete(self._backend_pid())
+
+    def run(self, steps: Callable[[], Any]) -> Any:
+        try:
+            return steps()
+        finally:
+            self.loop.run_until_complete(self.engine.dispose())
+            self.loop.close()
+
+
+@pytest.fixture(params=[WritingEngine, ReadEngine], ids=["writing", "read"])
+def engine(request: pytest.FixtureRequest, database_url: str) -> Any:
+    return request.param(database_url)
+
+
+def test_a_connection_in_steady_use_is_not_pinged(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings = count_pings(engine.sync_engine, monkeypatch)
+
+    def steps() -> None:
+        first = engine.backend_pid()
+        assert [engine.backend_pid() for _ in range(5)] == [first] * 5
+        assert pings == []
+
+    engine.run(steps)
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
-    engine: Engine, pings: list[Any], monkeypatch: pytest.MonkeyPatch
+    engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dropped = backend_pid(engine)
-    terminate(dropped)
-    monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle
-    assert backend_pid(engine) != dropped  # no error reaches the caller
-    assert len(pings) >= 1
+    pings = count_pings(engine.sync_engine, monkeypatch)
+
+    def steps() -> None:
+        dropped = engine.backend_pid()
+        terminate(dropped)
+        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle
+        assert engine.backend_pid() != dropped  # no error reaches the caller
+        assert len(pings) >= 1
+
+    engine.run(steps)
 
 
-def state_after_a_select(factory: sessionmaker[Session]) -> tuple[bool, Any]:
-    """(autocommit, transaction status) of the session's connection after one SELECT."""
-    with factory() as session:
-        session.execute(text("select 1"))
-        dbapi = session.connection().connection.dbapi_connection
-        assert dbapi is not None
-        return dbapi.autocommit, dbapi.info.transaction_status
+def test_a_read_session_autocommits(database_url: str) -> None:
+    async def state_after_a_select() -> tuple[bool, Any]:
+        engine = db_session.make_read_engine(database_url)
+        try:
+            async with db_session.make_read_session_factory(engine)() as session:
+                await session.execute(text("select 1"))
+                raw = await (await session.connection()).get_raw_connection()
+                driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+                return driver.autocommit, driver.info.transaction_status
+        finally:
+            await engine.dispose()
 
-
-def test_a_read_session_autocommits_and_leaves_the_pool_as_it_found_it(engine: Engine) -> None:
-    status = psycopg.pq.TransactionStatus
-    reads = db_session.make_read_session_factory(engine)
-    assert state_after_a_select(reads) == (True, status.IDLE)
-    # The same pooled connection, back in its default mode for a writing session.
-    writes = db_session.make_session_factory(engine)
-    assert state_after_a_select(writes) == (False, status.INTRANS)
+    assert asyncio.run(state_after_a_select()) == (True, psycopg.pq.TransactionStatus.IDLE)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -29,9 +30,10 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `loraforge ke
 
 
 # FastAPI runs a plain `def` dependency in the thread pool: a hop of its own for each one on
-# each request. Those that only read app.state are `async def` (no I/O), the session is
-# opened without I/O and closed in one hop, and routes that only present loaded rows are
-# `async def` too. Database work stays in the thread pool.
+# each request. Those that only read app.state are `async def` (no I/O), the writing session
+# is opened without I/O and closed in one hop, and routes that only present loaded rows are
+# `async def` too. Writes run in the thread pool; reads run on the event loop, through the
+# read engine (app/db/session.py).
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -51,13 +53,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
-async def get_read_session(request: Request) -> AsyncIterator[Session]:
-    """An autocommit session for reads: returning its connection sends nothing, so no hop."""
-    session: Session = request.app.state.read_session_factory()
-    try:
-        yield session
-    finally:
-        session.close()
+async def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads, on the event loop: `await session.run_sync(service, ...)`."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
+    return factory
 
 
 async def get_session_factory(request: Request) -> sessionmaker[Session]:
@@ -80,7 +79,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the handler returns, before the body is sent: a slow reader of a download must
 # not hold a pooled connection (a few dozen of them would stall every other request).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+ReadSessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_session_factory)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
@@ -88,20 +87,23 @@ EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 async def current_organization_id(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The organization of a live API key, or 401; 429 past the key's rate limit."""
+    """The organization of a live API key, or 401; 429 past the key's rate limit.
+
+    A cached key needs no session; a key not in the cache is looked up in a session of its
+    own, so that routes which only read do not open a writing session for it.
+    """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     cache: KeyCache = request.app.state.key_cache
     digest = hash_key(credentials.credentials)
     principal = cache.get(digest)
     if principal is None:
-        record = await run_in_threadpool(authenticate, session, credentials.credentials)
-        if record is None:
+        factory = request.app.state.session_factory
+        principal = await run_in_threadpool(look_up_key, factory, credentials.credentials)
+        if principal is None:
             raise Unauthenticated("invalid or revoked API key")
-        principal = Principal(key_id=record.id, organization_id=record.organization_id)
         cache.put(digest, principal)
     limiter: RateLimiter = request.app.state.rate_limiter
     limiter.take(principal.key_id)
@@ -109,6 +111,14 @@ async def current_organization_id(
 
 
 CurrentOrgDep = Annotated[str, Depends(current_organization_id)]
+
+
+def look_up_key(factory: sessionmaker[Session], key: str) -> Principal | None:
+    with factory() as session:
+        record = authenticate(session, key)
+        if record is None:
+            return None
+        return Principal(key_id=record.id, organization_id=record.organization_id)
 
 
 def load_job(
@@ -123,13 +133,14 @@ def load_file(
     return file_service.get_file(session, organization_id, file_id)
 
 
-def load_job_to_read(
-    session: ReadSessionDep,
+async def load_job_to_read(
+    read_sessions: ReadSessionsDep,
     organization_id: CurrentOrgDep,
     fine_tuning_job_id: Annotated[str, Path()],
 ) -> Job:
-    """The job, for routes that only read: loaded by a read session."""
-    return job_service.get_job(session, organization_id, fine_tuning_job_id)
+    """The job, for routes that only read: loaded by a read session, on the event loop."""
+    async with read_sessions() as session:
+        return await session.run_sync(job_service.get_job, organization_id, fine_tuning_job_id)
 
 
 JobDep = Annotated[Job, Depends(load_job)]

@@ -6,8 +6,10 @@ every checkout (pool_pre_ping) would cost one more round trip per request. A con
 that fails its ping is replaced before the request sees it; one broken while in steady use
 fails that request, and SQLAlchemy then recycles every connection older than the failure.
 
-Reads that need no transaction take a read session (autocommit): no BEGIN before the query
-and no ROLLBACK when the connection goes back to the pool.
+The API's reads that need no transaction go through a second, asynchronous engine on the
+same database (psycopg's async mode, or aiosqlite): they run on the event loop, with no hop
+to the thread pool, and in autocommit (no BEGIN before the query, no ROLLBACK after it).
+A read session runs the same synchronous service code as the rest (`AsyncSession.run_sync`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -56,6 +64,28 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def make_read_engine(url: str) -> AsyncEngine:
+    """An asynchronous engine on the same database as `url`, for reads only (autocommit)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # make_engine has created the folder; a read never creates the database.
+        engine = create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            isolation_level="AUTOCOMMIT",
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    engine = create_async_engine(
+        parsed.set(drivername="postgresql+psycopg"),  # psycopg's async mode
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        isolation_level="AUTOCOMMIT",
+    )
+    _ping_idle_connections(engine.sync_engine)
+    return engine
+
+
 def _ping_idle_connections(engine: Engine) -> None:
     """Ping a connection on checkout if it has been idle PING_AFTER_IDLE_S or more."""
 
@@ -80,9 +110,9 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for reads that need no transaction: each statement autocommits."""
-    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+def make_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the read engine: each statement autocommits."""
+    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager

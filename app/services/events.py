@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
@@ -65,13 +66,24 @@ def list_events(
     Only the tenant's events: no rows for another organization's job (the caller tells a
     missing job from an empty page only when there are no rows).
     """
-    stmt = select(*EVENT_COLUMNS).where(
-        JobEvent.job_id == job_id, JobEvent.organization_id == organization_id
-    )
-    if after is not None:
-        stmt = stmt.where(JobEvent.seq < parse_event_id(after))
-    rows = list(session.execute(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    before = parse_event_id(after) if after is not None else None
+    params = {"job_id": job_id, "organization_id": organization_id, "rows": limit + 1}
+    if before is not None:
+        params["before"] = before
+    rows = list(session.execute(_event_page(paged=before is not None), params))
     return rows[:limit], len(rows) > limit
+
+
+@cache
+def _event_page(*, paged: bool) -> Select[Any]:
+    """Built once (a page after a cursor, or the first page): then only bound and executed."""
+    stmt = select(*EVENT_COLUMNS).where(
+        JobEvent.job_id == bindparam("job_id"),
+        JobEvent.organization_id == bindparam("organization_id"),
+    )
+    if paged:
+        stmt = stmt.where(JobEvent.seq < bindparam("before"))
+    return stmt.order_by(JobEvent.seq.desc()).limit(bindparam("rows"))
 
 
 def list_events_since(session: Session, job: Job, after_seq: int, limit: int) -> list[JobEvent]:

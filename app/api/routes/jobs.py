@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     AfterQuery,
@@ -18,7 +17,7 @@ from app.api.deps import (
     JobDep,
     LimitQuery,
     ReadJobDep,
-    ReadSessionDep,
+    ReadSessionsDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -70,14 +69,17 @@ def create_job(
 
 
 @router.get("")
-def read_jobs(
-    session: ReadSessionDep,
+async def read_jobs(
+    read_sessions: ReadSessionsDep,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
 ) -> ListPage[JobPublic]:
     """The organization's jobs, newest first."""
-    rows, has_more = job_service.list_jobs(session, organization_id, after=after, limit=limit)
+    async with read_sessions() as session:
+        rows, has_more = await session.run_sync(
+            job_service.list_jobs, organization_id, after=after, limit=limit
+        )
     return ListPage[JobPublic].of([job_public(r) for r in rows], has_more)
 
 
@@ -109,7 +111,7 @@ def resume_job(
     responses={200: SSE_RESPONSE},
 )
 async def read_job_events(
-    session: ReadSessionDep,
+    read_sessions: ReadSessionsDep,
     organization_id: CurrentOrgDep,
     fine_tuning_job_id: Annotated[str, Path()],
     request: Request,
@@ -123,12 +125,13 @@ async def read_job_events(
     """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
     resumed after Last-Event-ID (or `after`)."""
     if not stream:
-        # The job and its page in one trip to the thread pool.
-        return await run_in_threadpool(
-            events_page, session, organization_id, fine_tuning_job_id, after, limit
-        )
+        async with read_sessions() as session:
+            return await session.run_sync(
+                events_page, organization_id, fine_tuning_job_id, after, limit
+            )
     after_seq = resume_after(last_event_id, after)
-    job = await run_in_threadpool(job_service.get_job, session, organization_id, fine_tuning_job_id)
+    async with read_sessions() as session:
+        job = await session.run_sync(job_service.get_job, organization_id, fine_tuning_job_id)
     events = stream_job_events(
         request,
         factory,
@@ -152,13 +155,27 @@ def events_page(
     return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
 
 
-@router.get("/{fine_tuning_job_id}/checkpoints")
-def read_job_checkpoints(
-    job: ReadJobDep, session: ReadSessionDep, after: AfterQuery = None, limit: LimitQuery = 10
+def checkpoints_page(
+    session: Session, organization_id: str, job_id: str, after: str | None, limit: int
 ) -> ListPage[CheckpointPublic]:
-    """Checkpoints, newest step first."""
+    job = job_service.get_job(session, organization_id, job_id)
     rows, has_more = event_service.list_checkpoints(session, job, after=after, limit=limit)
     return ListPage[CheckpointPublic].of([checkpoint_public(r) for r in rows], has_more)
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints")
+async def read_job_checkpoints(
+    read_sessions: ReadSessionsDep,
+    organization_id: CurrentOrgDep,
+    fine_tuning_job_id: Annotated[str, Path()],
+    after: AfterQuery = None,
+    limit: LimitQuery = 10,
+) -> ListPage[CheckpointPublic]:
+    """Checkpoints, newest step first."""
+    async with read_sessions() as session:
+        return await session.run_sync(
+            checkpoints_page, organization_id, fine_tuning_job_id, after, limit
+        )
 
 
 @router.get(
