@@ -340,6 +340,7 @@ def h11_variant(
     """The same app and database under uvicorn's pure-Python parser (h11), not httptools.
 
     For comparison only: `loraforge api` chooses its parser (app/api/server_options.py).
+    Log level info, as `loraforge api` runs: both servers write an access log line per request.
     """
     from tests.live import free_port, stop, wait_for
 
@@ -348,7 +349,7 @@ def h11_variant(
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_served_app", "--factory", "--host",
          "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "h11",
-         "--h11-max-incomplete-event-size", "65536", "--log-level", "warning"],
+         "--h11-max-incomplete-event-size", "65536", "--log-level", "info"],
         env={**os.environ, **stack.env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

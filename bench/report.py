@@ -548,11 +548,40 @@ def gpu_section(result: dict[str, Any], images: Path) -> tuple[str, list[list[An
     return "\n\n".join(parts), goal_rows
 
 
+def api_compare_section(result: dict[str, Any], _images: Path) -> tuple[str, list[list[Any]]]:
+    rows = [
+        [
+            name,
+            number(x["base_requests_per_s"], 0),
+            number(x["new_requests_per_s"], 0),
+            f"{x['ratio_requests_per_s']:.2f}x",
+            number(x["base_p99_ms"], 1),
+            number(x["new_p99_ms"], 1),
+        ]
+        for name, x in result["summary"].items()
+    ]
+    generator = result["load_generator"]
+    parts = [
+        "## Service: this tree against an earlier revision, side by side",
+        provenance(result),
+        f"`loraforge api` from revision `{result['base']['commit'][:10]}` (base) and from this "
+        f"tree (new), in turn against one Postgres database, {generator['repeats']} rounds of "
+        f"{generator['name']} with {generator['connections']} connections for "
+        f"{generator['duration_s']} s per endpoint; medians of the rounds.",
+        table(
+            ["endpoint", "req/s base", "req/s new", "new/base", "p99 ms base", "p99 ms new"],
+            rows,
+        ),
+    ]
+    return "\n\n".join(parts), []
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], tuple[str, list[list[Any]]]]]] = [
     ("trainer_vs_trl", trainer_section),
     ("quant_memory", memory_section),
     ("estimator_accuracy", estimator_section),
     ("api_load", api_section),
+    ("api_compare", api_compare_section),
     ("job_latency", job_latency_section),
     ("gpu_h200", gpu_section),
 ]

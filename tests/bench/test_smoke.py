@@ -101,6 +101,20 @@ def test_api_benchmark_loads_every_endpoint_and_uploads(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
+def test_api_comparison_runs_both_revisions_on_every_endpoint(tmp_path: Path) -> None:
+    assert shutil.which("git"), "the base revision is exported with git archive"
+    args = ("--base", "HEAD", "--repeats", "1", "--duration", "1", "--out-dir", str(tmp_path))
+    run_bench("bench/api_compare.py", *args)
+    data = result(tmp_path, "api_compare")
+    assert len(data["base"]["commit"]) == 40
+    for name in ("healthz", "get_job", "list_events", "post_job"):
+        for tree in ("base", "new"):
+            (run,) = data["runs"][tree][name]
+            assert run["requests"] > 0 and run["non_2xx"] == 0
+        assert data["summary"][name]["ratio_requests_per_s"] > 0
+
+
+@pytest.mark.postgres
 def test_job_latency_benchmark_writes_both_brokers(tmp_path: Path) -> None:
     run_bench("bench/job_latency.py", "--quick", "--out-dir", str(tmp_path))
     data = result(tmp_path, "job_latency")
