@@ -5,7 +5,7 @@ autocommit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -53,11 +53,8 @@ class WritingEngine:
         with self.engine.connect() as connection:
             return int(connection.execute(text("select pg_backend_pid()")).scalar_one())
 
-    def run(self, steps: Callable[[], Any]) -> Any:
-        try:
-            return steps()
-        finally:
-            self.engine.dispose()
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 class ReadEngine:
@@ -75,45 +72,36 @@ class ReadEngine:
     def backend_pid(self) -> int:
         return self.loop.run_until_complete(self._backend_pid())
 
-    def run(self, steps: Callable[[], Any]) -> Any:
-        try:
-            return steps()
-        finally:
-            self.loop.run_until_complete(self.engine.dispose())
-            self.loop.close()
+    def dispose(self) -> None:
+        self.loop.run_until_complete(self.engine.dispose())
+        self.loop.close()
 
 
 @pytest.fixture(params=[WritingEngine, ReadEngine], ids=["writing", "read"])
-def engine(request: pytest.FixtureRequest, database_url: str) -> Any:
-    return request.param(database_url)
+def engine(request: pytest.FixtureRequest, database_url: str) -> Iterator[Any]:
+    wrapped = request.param(database_url)
+    yield wrapped
+    wrapped.dispose()
 
 
 def test_a_connection_in_steady_use_is_not_pinged(
     engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pings = count_pings(engine.sync_engine, monkeypatch)
-
-    def steps() -> None:
-        first = engine.backend_pid()
-        assert [engine.backend_pid() for _ in range(5)] == [first] * 5
-        assert pings == []
-
-    engine.run(steps)
+    first = engine.backend_pid()
+    assert [engine.backend_pid() for _ in range(5)] == [first] * 5
+    assert pings == []
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pings = count_pings(engine.sync_engine, monkeypatch)
-
-    def steps() -> None:
-        dropped = engine.backend_pid()
-        terminate(dropped)
-        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle
-        assert engine.backend_pid() != dropped  # no error reaches the caller
-        assert len(pings) >= 1
-
-    engine.run(steps)
+    dropped = engine.backend_pid()
+    terminate(dropped)
+    monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle
+    assert engine.backend_pid() != dropped  # no error reaches the caller
+    assert len(pings) >= 1
 
 
 def test_a_read_session_autocommits(database_url: str) -> None:
