@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +27,6 @@ from app.services.keys import authenticate, hash_key
 from app.storage import Storage
 
 MAX_PAGE_SIZE = 100
-
-bearer = HTTPBearer(auto_error=False, description="An API key from `loraforge keys create`")
-
 
 # FastAPI runs a plain `def` dependency in the thread pool: a hop of its own for each one on
 # each request. Those that only read app.state are `async def` (no I/O), the writing session
@@ -53,8 +52,12 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
-async def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """Sessions for reads, on the event loop: `await session.run_sync(service, ...)`."""
+def read_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads, on the event loop: `await session.run_sync(service, ...)`.
+
+    A plain function, not a dependency, for the same reason as ApiKeyAuth: the routes that
+    use it are the busiest, and a dependency would cost each request its resolution.
+    """
     factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
     return factory
 
@@ -79,35 +82,44 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the handler returns, before the body is sent: a slow reader of a download must
 # not hold a pooled connection (a few dozen of them would stall every other request).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ReadSessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_session_factory)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
-async def current_organization_id(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    """The organization of a live API key, or 401; 429 past the key's rate limit.
+class ApiKeyAuth(SecurityBase):
+    """The organization of a live API key (`Authorization: Bearer <key>`), or 401; 429 past
+    the key's rate limit.
 
-    A cached key needs no session; a key not in the cache is looked up in a session of its
-    own, so that routes which only read do not open a writing session for it.
+    One dependency that is also the OpenAPI security scheme (an HTTP bearer), rather than
+    HTTPBearer plus a dependency on it: FastAPI's resolution of each dependency costs every
+    request about as much CPU as the key check itself. A cached key needs no session; a key
+    not in the cache is looked up in a session of its own, in the thread pool.
     """
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    cache: KeyCache = request.app.state.key_cache
-    digest = hash_key(credentials.credentials)
-    principal = cache.get(digest)
-    if principal is None:
-        factory = request.app.state.session_factory
-        principal = await run_in_threadpool(look_up_key, factory, credentials.credentials)
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(description="An API key from `loraforge keys create`")
+        self.scheme_name = "HTTPBearer"
+
+    async def __call__(self, request: Request) -> str:
+        scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+        if not key or scheme.lower() != "bearer":
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        cache: KeyCache = request.app.state.key_cache
+        digest = hash_key(key)
+        principal = cache.get(digest)
         if principal is None:
-            raise Unauthenticated("invalid or revoked API key")
-        cache.put(digest, principal)
-    limiter: RateLimiter = request.app.state.rate_limiter
-    limiter.take(principal.key_id)
-    return principal.organization_id
+            factory = request.app.state.session_factory
+            principal = await run_in_threadpool(look_up_key, factory, key)
+            if principal is None:
+                raise Unauthenticated("invalid or revoked API key")
+            cache.put(digest, principal)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        limiter.take(principal.key_id)
+        return principal.organization_id
+
+
+current_organization_id = ApiKeyAuth()
 
 
 CurrentOrgDep = Annotated[str, Depends(current_organization_id)]
@@ -134,12 +146,10 @@ def load_file(
 
 
 async def load_job_to_read(
-    read_sessions: ReadSessionsDep,
-    organization_id: CurrentOrgDep,
-    fine_tuning_job_id: Annotated[str, Path()],
+    request: Request, organization_id: CurrentOrgDep, fine_tuning_job_id: Annotated[str, Path()]
 ) -> Job:
     """The job, for routes that only read: loaded by a read session, on the event loop."""
-    async with read_sessions() as session:
+    async with read_sessions(request)() as session:
         return await session.run_sync(job_service.get_job, organization_id, fine_tuning_job_id)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
     AfterQuery,
@@ -17,15 +17,15 @@ from app.api.deps import (
     JobDep,
     LimitQuery,
     ReadJobDep,
-    ReadSessionsDep,
     SessionDep,
-    SessionFactoryDep,
     SettingsDep,
     StorageDep,
+    read_sessions,
 )
 from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
 from app.api.presenters import checkpoint_public, event_public, job_public
 from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
+from app.config import Settings
 from app.schemas.common import ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import downloads as download_service
@@ -70,13 +70,13 @@ def create_job(
 
 @router.get("")
 async def read_jobs(
-    read_sessions: ReadSessionsDep,
+    request: Request,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
 ) -> ListPage[JobPublic]:
     """The organization's jobs, newest first."""
-    async with read_sessions() as session:
+    async with read_sessions(request)() as session:
         rows, has_more = await session.run_sync(
             job_service.list_jobs, organization_id, after=after, limit=limit
         )
@@ -111,12 +111,9 @@ def resume_job(
     responses={200: SSE_RESPONSE},
 )
 async def read_job_events(
-    read_sessions: ReadSessionsDep,
+    request: Request,
     organization_id: CurrentOrgDep,
     fine_tuning_job_id: Annotated[str, Path()],
-    request: Request,
-    factory: SessionFactoryDep,
-    settings: SettingsDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
     stream: StreamQuery = False,
@@ -125,13 +122,16 @@ async def read_job_events(
     """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
     resumed after Last-Event-ID (or `after`)."""
     if not stream:
-        async with read_sessions() as session:
+        async with read_sessions(request)() as session:
             return await session.run_sync(
                 events_page, organization_id, fine_tuning_job_id, after, limit
             )
     after_seq = resume_after(last_event_id, after)
-    async with read_sessions() as session:
+    async with read_sessions(request)() as session:
         job = await session.run_sync(job_service.get_job, organization_id, fine_tuning_job_id)
+    # Taken here rather than as dependencies, which every page request would resolve too.
+    settings: Settings = request.app.state.settings
+    factory: sessionmaker[Session] = request.app.state.session_factory
     events = stream_job_events(
         request,
         factory,
@@ -165,14 +165,14 @@ def checkpoints_page(
 
 @router.get("/{fine_tuning_job_id}/checkpoints")
 async def read_job_checkpoints(
-    read_sessions: ReadSessionsDep,
+    request: Request,
     organization_id: CurrentOrgDep,
     fine_tuning_job_id: Annotated[str, Path()],
     after: AfterQuery = None,
     limit: LimitQuery = 10,
 ) -> ListPage[CheckpointPublic]:
     """Checkpoints, newest step first."""
-    async with read_sessions() as session:
+    async with read_sessions(request)() as session:
         return await session.run_sync(
             checkpoints_page, organization_id, fine_tuning_job_id, after, limit
         )
