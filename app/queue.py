@@ -38,6 +38,8 @@ class CeleryEnqueuer:
             self._app = Celery("loraforge-api", broker=self.settings.resolved_broker_url())
             self._app.conf.broker_connection_timeout = self.settings.enqueue_timeout_s
             self._app.conf.broker_connection_retry_on_startup = False
+            if self.settings.resolved_broker_url().startswith(("redis://", "rediss://")):
+                self._app.conf.broker_transport = "app.broker_transport:Transport"
         return self._app
 
     def send(self, task_name: str, args: list[Any], queue: str) -> None:

@@ -117,3 +117,42 @@ def test_a_read_session_autocommits(database_url: str) -> None:
             await engine.dispose()
 
     assert asyncio.run(state_after_a_select()) == (True, psycopg.pq.TransactionStatus.IDLE)
+
+
+def test_autocommit_next_commits_a_lone_statement_at_once_and_joins_an_open_transaction(
+    database_url: str,
+) -> None:
+    engine = db_session.make_engine(database_url)
+    factory = db_session.make_session_factory(engine)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("create table counter (n integer)"))
+            connection.execute(text("insert into counter values (0)"))
+
+        def seen_by_another_session() -> int:
+            with factory() as other:
+                return int(other.execute(text("select n from counter")).scalar_one())
+
+        with factory() as session:
+            db_session.autocommit_next(session)
+            session.execute(text("update counter set n = 1"))
+            driver: psycopg.Connection[Any] = session.connection().connection.driver_connection  # type: ignore[assignment]
+            assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert seen_by_another_session() == 1  # committed without a COMMIT
+            session.commit()
+
+        with factory() as session:
+            session.execute(text("update counter set n = 2"))
+            db_session.autocommit_next(session)  # a transaction is open: the next one joins it
+            session.execute(text("update counter set n = 3"))
+            assert seen_by_another_session() == 1
+            session.rollback()
+        assert seen_by_another_session() == 1
+
+        with factory() as session:  # the pool gave the connection back out of autocommit
+            session.execute(text("update counter set n = 4"))
+            assert seen_by_another_session() == 1
+            session.commit()
+        assert seen_by_another_session() == 4
+    finally:
+        engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
@@ -45,6 +45,28 @@ def add_event(
     )
     session.add(event)
     return event
+
+
+def insert_messages(session: Session, job: Job, messages: list[str]) -> None:
+    """INSERT info messages on a flushed job now, as one statement.
+
+    For a request that only writes them: no ORM objects to track and flush, which costs
+    several times the CPU of the statement itself.
+    """
+    session.execute(
+        insert(JobEvent),
+        [
+            {
+                "job_id": job.id,
+                "organization_id": job.organization_id,
+                "type": "message",
+                "level": "info",
+                "message": message,
+                "data": None,
+            }
+            for message in messages
+        ],
+    )
 
 
 # What a page of events presents: plain rows (a fraction of an ORM object's cost to load).

@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.config import Settings
 from app.db.base import new_id, utcnow
 from app.db.models import File, IdempotencyKey, Job, Organization
+from app.db.session import autocommit_next
 from app.errors import (
     IdempotencyConflict,
     InvalidJobState,
@@ -26,7 +27,7 @@ from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate
 from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
-from app.services.events import add_event
+from app.services.events import add_event, insert_messages
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
@@ -41,9 +42,16 @@ def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_
     return f"ft:{base}:{org_slug}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
+@cache
+def _tenant_file_query() -> Select[File]:
+    return select(File).where(
+        File.id == bindparam("file_id"), File.organization_id == bindparam("organization_id")
+    )
+
+
 def _tenant_file(session: Session, organization_id: str, file_id: str, param: str) -> File:
     record = session.scalar(
-        select(File).where(File.id == file_id, File.organization_id == organization_id)
+        _tenant_file_query(), {"file_id": file_id, "organization_id": organization_id}
     )
     if record is None:
         raise InvalidRequest(f"no file with id {file_id!r}", param=param, code="file_not_found")
@@ -138,8 +146,9 @@ def create_job(
     check_job_slot(session, settings, organization_id)
     session.add(job)
     session.flush()  # the job row first: events and the idempotency key reference it
-    add_event(session, job, f"Created fine-tuning job: {job.id}")
-    add_event(session, job, "Validating training file: ok")
+    insert_messages(
+        session, job, [f"Created fine-tuning job: {job.id}", "Validating training file: ok"]
+    )
     if idempotency_key is not None:
         session.add(
             IdempotencyKey(
@@ -169,6 +178,7 @@ def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) 
     if not try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue):
         return False
     sent_at = utcnow()
+    autocommit_next(session)  # one UPDATE: no BEGIN and COMMIT round trips around it
     recorded = compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=sent_at)
     session.commit()
     if recorded:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from kombu import Connection
 
 from app.config import Settings
 from app.main import create_app
+from app.queue import TASK_RUN_JOB, CeleryEnqueuer
 from tests.conftest import create_job, upload
 from tests.factories import chat_dataset, create_tenant
 
@@ -72,3 +75,36 @@ def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path):
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["broker"].startswith("error")
+
+
+def test_publishes_on_redis_reuse_the_channels_redis_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    name = f"test-training-{secrets.token_hex(4)}"
+    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, _env_file=None)  # type: ignore[call-arg]
+    enqueuer = CeleryEnqueuer(settings)
+    enqueuer.send(TASK_RUN_JOB, ["ftjob-0"], name)  # connects, declares the queue
+    created: list[object] = []
+    original_init = redis.Redis.__init__
+
+    def counting_init(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
+        created.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting_init)
+    try:
+        for index in range(1, 6):
+            enqueuer.send(TASK_RUN_JOB, [f"ftjob-{index}"], name)
+        assert created == []
+        with Connection(REDIS_URL) as connection:
+            queue = connection.SimpleQueue(name)
+            received = []
+            for _ in range(6):
+                message = queue.get(timeout=10)
+                message.ack()
+                received.append(message.payload[0][0])
+        assert sorted(received) == [f"ftjob-{index}" for index in range(6)]
+    finally:
+        monkeypatch.undo()
+        with Connection(REDIS_URL) as connection:
+            connection.SimpleQueue(name).queue.delete()
