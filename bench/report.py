@@ -576,12 +576,34 @@ def api_compare_section(result: dict[str, Any], _images: Path) -> tuple[str, lis
     return "\n\n".join(parts), []
 
 
+def api_instructions_section(result: dict[str, Any], _images: Path) -> tuple[str, list[list[Any]]]:
+    compared = "base" in result
+    rows = [
+        [name, f"{x['base_instructions']:,}" if compared else "", f"{x['new_instructions']:,}",
+         f"{x['ratio']:.2f}x" if compared else ""]
+        for name, x in result["summary"].items()
+    ]  # fmt: skip
+    method = result["method"]
+    against = f"revision `{result['base']['commit'][:10]}` (base) and " if compared else ""
+    parts = [
+        "## Service: instructions per request",
+        provenance(result),
+        f"CPU instructions one request costs, counted by {method['tool']}, for {against}this "
+        f"tree (new): {method['server']}; {method['per_request']} with N1, N2 = "
+        f"{method['requests'][0]}, {method['requests'][1]}. Unlike requests/s, these counts do "
+        "not move with the machine's load; they leave out the kernel's side of each round trip.",
+        table(["endpoint", "base", "new", "new/base"], rows),
+    ]
+    return "\n\n".join(parts), []
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], tuple[str, list[list[Any]]]]]] = [
     ("trainer_vs_trl", trainer_section),
     ("quant_memory", memory_section),
     ("estimator_accuracy", estimator_section),
     ("api_load", api_section),
     ("api_compare", api_compare_section),
+    ("api_instructions", api_instructions_section),
     ("job_latency", job_latency_section),
     ("gpu_h200", gpu_section),
 ]

@@ -115,6 +115,16 @@ def test_api_comparison_runs_both_revisions_on_every_endpoint(tmp_path: Path) ->
 
 
 @pytest.mark.postgres
+def test_instruction_count_benchmark_counts_a_request_of_both_revisions(tmp_path: Path) -> None:
+    assert shutil.which("valgrind"), "valgrind counts the instructions"
+    run_bench("bench/api_instructions.py", "--quick", "--base", "HEAD", "--out-dir", str(tmp_path))
+    data = result(tmp_path, "api_instructions")
+    assert len(data["base"]["commit"]) == 40
+    row = data["summary"]["get_job"]
+    assert row["base_instructions"] > 0 and row["new_instructions"] > 0 and row["ratio"] > 0
+
+
+@pytest.mark.postgres
 def test_job_latency_benchmark_writes_both_brokers(tmp_path: Path) -> None:
     run_bench("bench/job_latency.py", "--quick", "--out-dir", str(tmp_path))
     data = result(tmp_path, "job_latency")
