@@ -24,6 +24,13 @@ def test_wrong_key_is_401(client: TestClient, tenant_a: Tenant):
     assert response.status_code == 401
 
 
+def test_a_key_under_another_scheme_is_401(client: TestClient, tenant_a: Tenant):
+    for value in (f"Basic {tenant_a.key}", tenant_a.key, "Bearer "):
+        response = client.get("/v1/files", headers={"Authorization": value})
+        assert response.status_code == 401, value
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -88,3 +95,28 @@ def test_health_needs_no_key(client: TestClient):
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_route_that_checks_a_key(client: TestClient):
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key from `loraforge keys create`",
+        }
+    }
+    secured = {
+        (method, path)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{"HTTPBearer": []}]
+    }
+    assert ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}") in secured
+    assert ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events") in secured
+    assert ("post", "/v1/fine_tuning/jobs") in secured
+    assert ("get", "/healthz") not in secured
+    for path, item in schema["paths"].items():
+        for method in item:
+            if path.startswith("/v1/"):
+                assert (method, path) in secured
