@@ -56,7 +56,7 @@ def read_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     """Sessions for reads, on the event loop: `await session.run_sync(service, ...)`.
 
     A plain function, not a dependency, for the same reason as ApiKeyAuth: the routes that
-    use it are the busiest, and a dependency would cost each request its resolution.
+    use it are the busiest, and each dependency is resolved anew for every request.
     """
     factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
     return factory
@@ -92,9 +92,9 @@ class ApiKeyAuth(SecurityBase):
     the key's rate limit.
 
     One dependency that is also the OpenAPI security scheme (an HTTP bearer), rather than
-    HTTPBearer plus a dependency on it: FastAPI's resolution of each dependency costs every
-    request about as much CPU as the key check itself. A cached key needs no session; a key
-    not in the cache is looked up in a session of its own, in the thread pool.
+    HTTPBearer plus a dependency on it: FastAPI resolves each dependency of a route on every
+    request, through machinery of its own. A cached key needs no session; a key not in the
+    cache is looked up in a session of its own, in the thread pool.
     """
 
     def __init__(self) -> None:

@@ -50,8 +50,7 @@ def add_event(
 def insert_messages(session: Session, job: Job, messages: list[str]) -> None:
     """INSERT info messages on a flushed job now, as one statement.
 
-    For a request that only writes them: no ORM objects to track and flush, which costs
-    several times the CPU of the statement itself.
+    For a request that only writes them: no ORM objects for the session to track and flush.
     """
     session.execute(
         insert(JobEvent),

@@ -40,8 +40,8 @@ def compare_and_set(
         if illegal:
             raise ValueError(f"illegal transition {illegal} -> {to_status}")
         values["status"] = to_status
-    # A Core UPDATE of the table: the ORM's bulk-update path costs several times as much CPU
-    # and would only skip synchronizing the session anyway.
+    # A Core UPDATE of the table: the ORM's bulk-update path adds its own compilation and
+    # bookkeeping, and would skip synchronizing the session anyway.
     columns = Job.__mapper__.columns
     stmt = update(cast(Table, Job.__table__)).where(
         columns["id"] == job_id, columns["status"].in_(sources)
