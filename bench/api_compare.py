@@ -13,7 +13,6 @@ Prints JSON and writes bench/results/api_compare.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.api_load import drop_queue, python_run, seed_events, wrk_run
+from bench.api_load import drop_queue, python_run, seed_job, wrk_run
 from bench.common import finish, header, library_versions, median
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +60,7 @@ def serve(tree: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from tests.e2e.stacks import create_job, hello_dataset, postgres_redis_stack, upload
+    from tests.e2e.stacks import postgres_redis_stack
     from tests.live import stop
 
     base_tree = work / "base"
@@ -71,15 +70,11 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     generator = wrk_run if shutil.which("wrk") else python_run
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {x: [] for x in TARGETS} for t in trees}
     with postgres_redis_stack(work / "stack", workers=0) as stack:
-        client = stack.client()
-        file_id = upload(client, hello_dataset(20))
-        job = create_job(client, file_id, max_steps=2)
-        seed_events(stack.env["LORAFORGE_DATABASE_URL"], job["id"], 200)
-        post = json.dumps({"model": "loraforge/tiny-random-llama", "training_file": file_id})
+        job_id, post = seed_job(stack)
         paths = {
             "healthz": ("/healthz", None),
-            "get_job": (f"/v1/fine_tuning/jobs/{job['id']}", None),
-            "list_events": (f"/v1/fine_tuning/jobs/{job['id']}/events", None),
+            "get_job": (f"/v1/fine_tuning/jobs/{job_id}", None),
+            "list_events": (f"/v1/fine_tuning/jobs/{job_id}/events", None),
             "post_job": ("/v1/fine_tuning/jobs", post),
         }
         for round_ in range(args.repeats):

@@ -120,8 +120,8 @@ def per_request(tree: Path, target: str, counts: tuple[int, int], info_path: Pat
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.api_compare import export_revision
-    from bench.api_load import drop_queue, seed_events
-    from tests.e2e.stacks import create_job, hello_dataset, postgres_redis_stack, upload
+    from bench.api_load import drop_queue, seed_job
+    from tests.e2e.stacks import postgres_redis_stack
 
     trees = {"new": ROOT}
     results: dict[str, Any] = {}
@@ -135,13 +135,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     targets = ("get_job",) if args.quick else TARGETS
     counts = (1, 3) if args.quick else (10, 60)
     with postgres_redis_stack(work / "stack", workers=0) as stack:
-        client = stack.client()
-        file_id = upload(client, hello_dataset(20))
-        job = create_job(client, file_id, max_steps=2)
-        seed_events(stack.env["LORAFORGE_DATABASE_URL"], job["id"], 200)
-        post = json.dumps({"model": "loraforge/tiny-random-llama", "training_file": file_id})
+        job_id, post = seed_job(stack)
         info_path = work / "stack.json"
-        info = {"env": stack.env, "key": stack.key, "job": job["id"], "post": post}
+        info = {"env": stack.env, "key": stack.key, "job": job_id, "post": post}
         info_path.write_text(json.dumps(info))
         summary: dict[str, Any] = {}
         for target in targets:

@@ -268,6 +268,20 @@ def seed_events(database_url: str, job_id: str, count: int) -> None:
     engine.dispose()
 
 
+def seed_job(stack: Any) -> tuple[str, str]:
+    """On a fresh stack: a training file and a job with 200 metric events on it. Returns the
+    job's id and the body of a POST job for that file."""
+    from tests.e2e.stacks import create_job, hello_dataset
+    from tests.e2e.stacks import upload as upload_small
+
+    client = stack.client()
+    file_id = upload_small(client, hello_dataset(20))  # warm: imports, first requests
+    job = create_job(client, file_id, max_steps=2)
+    seed_events(stack.env["LORAFORGE_DATABASE_URL"], job["id"], 200)
+    post = json.dumps({"model": "loraforge/tiny-random-llama", "training_file": file_id})
+    return job["id"], post
+
+
 def drop_queue(queue: str) -> None:
     """Remove the queue the POSTs filled (no worker consumes it) and its bindings."""
     import redis
@@ -280,29 +294,22 @@ def drop_queue(queue: str) -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import httpx
-
-    from tests.e2e.stacks import create_job, hello_dataset, postgres_redis_stack
-    from tests.e2e.stacks import upload as upload_small
+    from tests.e2e.stacks import postgres_redis_stack
 
     results: dict[str, Any] = {}
     with postgres_redis_stack(work / "stack", workers=0) as stack:
         pid = api_pid(int(stack.base_url.rsplit(":", 1)[1]))
-        client: httpx.Client = stack.client()
-        file_id = upload_small(client, hello_dataset(20))  # warm: imports, first requests
-        job = create_job(client, file_id, max_steps=2)
-        seed_events(stack.env["LORAFORGE_DATABASE_URL"], job["id"], 200)
+        job_id, post = seed_job(stack)
         data = work / "upload.jsonl"
         write_jsonl(data, args.upload_mib << 20)
         results["upload"] = upload(stack.base_url, stack.key, data, pid)
         data.unlink()
         generator = wrk_run if shutil.which("wrk") and not args.python_loadgen else python_run
         api = f"{stack.base_url}/v1/fine_tuning/jobs"
-        post = json.dumps({"model": "loraforge/tiny-random-llama", "training_file": file_id})
         targets = {
             "healthz": (f"{stack.base_url}/healthz", None),  # the floor: no auth, no database
-            "get_job": (f"{api}/{job['id']}", None),
-            "list_events": (f"{api}/{job['id']}/events", None),
+            "get_job": (f"{api}/{job_id}", None),
+            "list_events": (f"{api}/{job_id}/events", None),
             "post_job": (api, post),
         }
         results["load"] = run_targets(targets, generator, stack.key, args)
