@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,9 +22,10 @@ from app.api.routes import estimates, exports, files, health, jobs, models, web
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
 from app.db.session import (
+    in_transactions,
+    make_async_engine,
+    make_async_session_factory,
     make_engine,
-    make_read_engine,
-    make_read_session_factory,
     make_session_factory,
 )
 from app.errors import ApiError
@@ -124,7 +126,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
             upgrade_head(settings.resolved_database_url())
         yield
         app.state.engine.dispose()
-        await app.state.read_engine.dispose()
+        await app.state.async_engine.dispose()
 
     app = FastAPI(
         title="loraforge",
@@ -133,14 +135,18 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
         lifespan=lifespan,
     )
     engine = make_engine(settings.resolved_database_url())
-    read_engine = make_read_engine(settings.resolved_database_url())
+    async_engine = make_async_engine(settings.resolved_database_url())
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.read_engine = read_engine
-    app.state.read_session_factory = make_read_session_factory(read_engine)
+    app.state.async_engine = async_engine  # autocommits: the read engine
+    app.state.read_session_factory = make_async_session_factory(async_engine)
+    app.state.write_session_factory = make_async_session_factory(in_transactions(async_engine))
     app.state.storage = build_storage(settings)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
+    # Where new jobs are published from: one thread, started on the first POST. It outlives a
+    # lifespan (a test client may run several); its idle thread ends with the process.
+    app.state.publisher = ThreadPoolExecutor(1, thread_name_prefix="publish")
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
 

@@ -7,6 +7,7 @@ failed enqueue is logged, not raised to the client.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.config import Settings
@@ -24,12 +25,23 @@ class Enqueuer(Protocol):
     def send(self, task_name: str, args: list[Any], queue: str) -> None: ...
 
 
+# After a failed publish, the next ones fail at once for this long instead of each waiting
+# out the connect timeout and retries: the API publishes from one thread, and a queue of
+# requests behind a dead broker would otherwise wait for every attempt before theirs.
+BROKER_BACKOFF_S = 5.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """A publish skipped: the last one failed less than BROKER_BACKOFF_S ago."""
+
+
 class CeleryEnqueuer:
     """Publishes to the configured broker with a bounded retry, never waiting minutes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._app: Celery | None = None
+        self._failed_at = -BROKER_BACKOFF_S
 
     def _celery(self) -> Celery:
         if self._app is None:
@@ -49,9 +61,16 @@ class CeleryEnqueuer:
             "interval_step": 0.5,
             "interval_max": 1.0,
         }
-        self._celery().send_task(
-            task_name, args=args, queue=queue, retry=True, retry_policy=retry_policy
-        )
+        since_failure = time.monotonic() - self._failed_at
+        if since_failure < BROKER_BACKOFF_S:
+            raise BrokerUnavailable(f"the broker failed {since_failure:.1f} s ago")
+        try:
+            self._celery().send_task(
+                task_name, args=args, queue=queue, retry=True, retry_policy=retry_policy
+            )
+        except Exception:
+            self._failed_at = time.monotonic()
+            raise
 
 
 def try_send(enqueuer: Enqueuer, task_name: str, args: list[Any], queue: str) -> bool:

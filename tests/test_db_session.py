@@ -1,6 +1,6 @@
-"""Pooled PostgreSQL connections, on the writing engine and on the API's asynchronous read
+"""Pooled PostgreSQL connections, on the writing engine and on the API's asynchronous
 engine: pinged only after sitting idle, replaced when the server dropped them; reads
-autocommit."""
+autocommit, writes on the asynchronous engine run in a transaction, on the same pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db import session as db_session
 from tests.databases import POSTGRES_ADMIN_URL, postgres_database
@@ -61,7 +61,7 @@ class ReadEngine:
     """The read engine, driven from one event loop for the whole test."""
 
     def __init__(self, url: str) -> None:
-        self.engine: AsyncEngine = db_session.make_read_engine(url)
+        self.engine: AsyncEngine = db_session.make_async_engine(url)
         self.sync_engine = self.engine.sync_engine
         self.loop = asyncio.new_event_loop()
 
@@ -104,19 +104,34 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     assert len(pings) >= 1
 
 
-def test_a_read_session_autocommits(database_url: str) -> None:
-    async def state_after_a_select() -> tuple[bool, Any]:
-        engine = db_session.make_read_engine(database_url)
+async def driver_state(session: AsyncSession) -> tuple[int, bool, Any]:
+    """The session's backend pid, its connection's autocommit flag and transaction status."""
+    pid = int((await session.execute(text("select pg_backend_pid()"))).scalar_one())
+    raw = await (await session.connection()).get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    return pid, driver.autocommit, driver.info.transaction_status
+
+
+def test_reads_autocommit_and_writes_run_in_a_transaction_on_one_pool(database_url: str) -> None:
+    async def states() -> list[tuple[int, bool, Any]]:
+        engine = db_session.make_async_engine(database_url)
+        reads = db_session.make_async_session_factory(engine)
+        writes = db_session.make_async_session_factory(db_session.in_transactions(engine))
+        seen = []
         try:
-            async with db_session.make_read_session_factory(engine)() as session:
-                await session.execute(text("select 1"))
-                raw = await (await session.connection()).get_raw_connection()
-                driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-                return driver.autocommit, driver.info.transaction_status
+            for factory in (reads, writes, reads, writes):
+                async with factory() as session:
+                    seen.append(await driver_state(session))
+                    await session.commit()
         finally:
             await engine.dispose()
+        return seen
 
-    assert asyncio.run(state_after_a_select()) == (True, psycopg.pq.TransactionStatus.IDLE)
+    seen = asyncio.run(states())
+    assert len({pid for pid, _, _ in seen}) == 1  # one connection, taken in turn
+    idle, in_transaction = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+    read, write = (True, idle), (False, in_transaction)
+    assert [state[1:] for state in seen] == [read, write, read, write]
 
 
 def test_autocommit_next_commits_a_lone_statement_at_once_and_joins_an_open_transaction(

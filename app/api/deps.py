@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -59,6 +60,18 @@ def read_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     use it are the busiest, and each dependency is resolved anew for every request.
     """
     factory: async_sessionmaker[AsyncSession] = request.app.state.read_session_factory
+    return factory
+
+
+def read_engine(request: Request) -> AsyncEngine:
+    """The read sessions' engine, for reads of plain rows: `connection.run_sync(service, ...)`."""
+    engine: AsyncEngine = request.app.state.async_engine
+    return engine
+
+
+def write_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Sessions that write on the event loop, each in a transaction (creating a job)."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.write_session_factory
     return factory
 
 
@@ -147,14 +160,16 @@ def load_file(
 
 async def load_job_to_read(
     request: Request, organization_id: CurrentOrgDep, fine_tuning_job_id: Annotated[str, Path()]
-) -> Job:
-    """The job, for routes that only read: loaded by a read session, on the event loop."""
-    async with read_sessions(request)() as session:
-        return await session.run_sync(job_service.get_job, organization_id, fine_tuning_job_id)
+) -> Row[Any]:
+    """The job, for routes that only present it: a plain row, read on the event loop."""
+    async with read_engine(request).connect() as connection:
+        return await connection.run_sync(
+            job_service.get_job_row, organization_id, fine_tuning_job_id
+        )
 
 
 JobDep = Annotated[Job, Depends(load_job)]
-ReadJobDep = Annotated[Job, Depends(load_job_to_read)]
+ReadJobDep = Annotated[Row[Any], Depends(load_job_to_read)]
 FileDep = Annotated[File, Depends(load_file)]
 
 

@@ -36,7 +36,8 @@ def file_public(record: File) -> FilePublic:
     )
 
 
-def job_public(job: Job) -> JobPublic:
+def job_public(job: Job | Row[Any]) -> JobPublic:
+    """A job from its ORM object or from a row of `get_job_row`."""
     spec = ResolvedSpec.model_validate(job.spec)
     return JobPublic(
         id=job.id,

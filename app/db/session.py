@@ -6,10 +6,12 @@ every checkout (pool_pre_ping) would cost one more round trip per request. A con
 that fails its ping is replaced before the request sees it; one broken while in steady use
 fails that request, and SQLAlchemy then recycles every connection older than the failure.
 
-The API's reads that need no transaction go through a second, asynchronous engine on the
-same database (psycopg's async mode, or aiosqlite): they run on the event loop, with no hop
-to the thread pool, and in autocommit (no BEGIN before the query, no ROLLBACK after it).
-A read session runs the same synchronous service code as the rest (`AsyncSession.run_sync`).
+The API's busiest routes go through a second, asynchronous engine on the same database
+(psycopg's async mode, or aiosqlite): they run on the event loop, with no hop to the thread
+pool, whose threads contend for the GIL at every round trip. Reads that need no transaction
+run in autocommit there (no BEGIN before the query, no ROLLBACK after it); creating a job
+runs in a transaction (`in_transactions`), on the same pool. Both run the same synchronous
+service code as the rest (`run_sync`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ PING_AFTER_IDLE_S = 1.0
 # concurrency opens and closes a connection per request.
 POOL_SIZE = 20
 POOL_OVERFLOW = 20
+# The isolation level of a connection left as the driver opens it.
+DEFAULT_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
+
+
+def dump_json(value: Any) -> str:
+    """A JSON column's text. NaN and the infinities become null: PostgreSQL's json refuses
+    them, and a run that diverges reports a NaN loss, which must not lose the other metrics."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,23 +66,29 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=dump_json,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    engine = create_engine(
+        url, json_serializer=dump_json, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
+    )
     _ping_idle_connections(engine)
     return engine
 
 
-def make_read_engine(url: str) -> AsyncEngine:
-    """An asynchronous engine on the same database as `url`, for reads only (autocommit)."""
+def make_async_engine(url: str) -> AsyncEngine:
+    """An asynchronous engine on the same database as `url`, for the API's event loop; its
+    statements autocommit (the busiest routes only read) unless run `in_transactions`."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        # make_engine has created the folder; a read never creates the database.
+        # make_engine has created the folder; this engine never creates the database.
         engine = create_async_engine(
             parsed.set(drivername="sqlite+aiosqlite"),
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=dump_json,
             isolation_level="AUTOCOMMIT",
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -81,6 +97,7 @@ def make_read_engine(url: str) -> AsyncEngine:
         parsed.set(drivername="postgresql+psycopg"),  # psycopg's async mode
         # A page of events parses one JSON value per row: orjson's parser takes a fraction of
         # the stdlib's time. PostgreSQL's json holds no NaN, which orjson would refuse.
+        json_serializer=dump_json,
         json_deserializer=orjson.loads,
         pool_size=POOL_SIZE,
         max_overflow=POOL_OVERFLOW,
@@ -88,6 +105,12 @@ def make_read_engine(url: str) -> AsyncEngine:
     )
     _ping_idle_connections(engine.sync_engine)
     return engine
+
+
+def in_transactions(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` (and its pool) for writes: statements run in a transaction until commit, at
+    the level the writing engine's connections have (the database's default)."""
+    return engine.execution_options(isolation_level=DEFAULT_ISOLATION[engine.dialect.name])
 
 
 def _ping_idle_connections(engine: Engine) -> None:
@@ -114,8 +137,7 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def make_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions on the read engine: each statement autocommits."""
+def make_async_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, insert, select
+from sqlalchemy import Connection, Row, Select, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
@@ -80,7 +80,12 @@ EVENT_COLUMNS = (
 
 
 def list_events(
-    session: Session, organization_id: str, job_id: str, *, after: str | None, limit: int
+    session: Session | Connection,
+    organization_id: str,
+    job_id: str,
+    *,
+    after: str | None,
+    limit: int,
 ) -> tuple[list[Row[Any]], bool]:
     """Newest first, as OpenAI lists them; `after` is the last event id of the previous page.
 

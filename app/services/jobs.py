@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from datetime import datetime
 from functools import cache
+from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Connection, Row, Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -131,17 +133,20 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
 def create_job(
     session: Session,
     settings: Settings,
-    enqueuer: Enqueuer,
     *,
     organization_id: str,
     body: JobCreate,
     idempotency_key: str | None = None,
-) -> Job:
-    """Validate and resolve the request, commit the job, then enqueue it by task name."""
+) -> tuple[Job, bool]:
+    """Validate and resolve the request, then commit the job; returns (job, created).
+
+    `created` is False when an earlier request with this Idempotency-Key made the job: only
+    a new job is then published (`publish`, or `send_job` and `record_sent`).
+    """
     if idempotency_key is not None:
         replayed = _replay(session, organization_id, idempotency_key, body)
         if replayed is not None:
-            return replayed
+            return replayed, False
     job = _new_job(session, settings, organization_id, body)
     check_job_slot(session, settings, organization_id)
     session.add(job)
@@ -168,16 +173,25 @@ def create_job(
         replayed = _replay(session, organization_id, idempotency_key, body)
         if replayed is None:
             raise
-        return replayed
-    publish(session, settings, enqueuer, job)
-    return job
+        return replayed, False
+    return job, True
 
 
 def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> bool:
     """Ring the bell for a committed queued job; record when it was sent."""
-    if not try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue):
+    if not send_job(enqueuer, job):
         return False
-    sent_at = utcnow()
+    record_sent(session, job, utcnow())
+    return True
+
+
+def send_job(enqueuer: Enqueuer, job: Job) -> bool:
+    """Publish the job's task; False (logged) when the broker cannot take it."""
+    return try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue)
+
+
+def record_sent(session: Session, job: Job, sent_at: datetime) -> None:
+    """Record when the job's task was published, unless a worker has moved the job on."""
     autocommit_next(session)  # one UPDATE: no BEGIN and COMMIT round trips around it
     recorded = compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=sent_at)
     session.commit()
@@ -186,7 +200,6 @@ def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) 
         set_committed_value(job, "enqueued_at", sent_at)
     else:
         session.refresh(job)  # a worker moved it on already
-    return True
 
 
 @cache
@@ -197,6 +210,28 @@ def _tenant_job() -> Select[Job]:
     )
 
 
+@cache
+def _tenant_job_columns() -> Select[Any]:
+    """Built once: every column of the tenant's job, named as the model's attributes are."""
+    columns = [column.label(key) for key, column in Job.__mapper__.columns.items()]
+    return select(*columns).where(
+        Job.id == bindparam("job_id"), Job.organization_id == bindparam("organization_id")
+    )
+
+
+def get_job_row(connection: Connection, organization_id: str, job_id: str) -> Row[Any]:
+    """The tenant's job as a plain row, for a read that only presents it; or 404.
+
+    A row on a connection skips the ORM's loading and a session's bookkeeping, which GET job,
+    the busiest route, would otherwise pay on every request.
+    """
+    params = {"job_id": job_id, "organization_id": organization_id}
+    row = connection.execute(_tenant_job_columns(), params).first()
+    if row is None:
+        raise _job_not_found(job_id)
+    return row
+
+
 def get_job(session: Session, organization_id: str, job_id: str) -> Job:
     """The tenant's job, or 404 (another tenant's id included)."""
     job = session.scalar(_tenant_job(), {"job_id": job_id, "organization_id": organization_id})
@@ -205,7 +240,7 @@ def get_job(session: Session, organization_id: str, job_id: str) -> Job:
     return job
 
 
-def require_job(session: Session, organization_id: str, job_id: str) -> None:
+def require_job(session: Session | Connection, organization_id: str, job_id: str) -> None:
     """404 unless the tenant has this job; for reads that need only its id."""
     found = session.scalar(
         select(Job.id).where(Job.id == job_id, Job.organization_id == organization_id)

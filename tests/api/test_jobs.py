@@ -3,6 +3,8 @@ list, cancel, pause, resume, events and checkpoints."""
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job
+from app.services.events import add_event
 from app.services.transitions import compare_and_set
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
@@ -180,6 +183,16 @@ def test_a_job_claimed_while_it_was_published_is_answered_as_it_is_now(
     assert response.json()["status"] == "running"
 
 
+def test_a_new_job_is_published_from_the_publishing_thread(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
+):
+    threads: list[str] = []
+    enqueuer.after_send = lambda _args: threads.append(threading.current_thread().name)
+    assert create_job(client, tenant_a, training_file).status_code == 200
+    assert len(threads) == 1
+    assert threads[0].startswith("publish")  # neither the event loop nor the thread pool
+
+
 def test_idempotency_key_returns_the_same_job(
     client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
@@ -310,6 +323,26 @@ def test_checkpoints_list_newest_step_first(
     assert page["data"][0]["metrics"]["train_loss"] == 0.8
     assert page["data"][0]["object"] == "fine_tuning.job.checkpoint"
     assert page["has_more"] is True
+
+
+def test_a_diverged_runs_nan_and_infinite_metrics_are_kept_as_null(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    with session_factory() as session:
+        job = session.get_one(Job, job_id)
+        data = {"step": 7, "train_loss": math.nan, "lr": 1e-3}
+        add_event(session, job, "Step 7: training loss=nan", type="metrics", data=data)
+        add_checkpoint(session, job, 7, math.inf)
+        session.commit()
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", headers=tenant_a.headers)
+    assert events.json()["data"][0]["data"] == {"step": 7, "train_loss": None, "lr": 1e-3}
+    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints", headers=tenant_a.headers)
+    assert checkpoints.json()["data"][0]["metrics"]["train_loss"] is None
+    assert checkpoints.json()["data"][0]["step_number"] == 7
 
 
 def test_validation_file_must_belong_to_the_tenant(

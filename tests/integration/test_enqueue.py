@@ -5,6 +5,7 @@ embedded SQLite broker)."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import redis
 from fastapi.testclient import TestClient
 from kombu import Connection
 
+from app import queue
 from app.config import Settings
 from app.main import create_app
-from app.queue import TASK_RUN_JOB, CeleryEnqueuer
+from app.queue import TASK_RUN_JOB, BrokerUnavailable, CeleryEnqueuer
 from tests.conftest import create_job, upload
 from tests.factories import chat_dataset, create_tenant
 
@@ -75,6 +77,31 @@ def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path):
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["broker"].startswith("error")
+
+
+def test_after_a_failed_publish_the_next_fail_at_once_until_the_backoff_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        broker_url="redis://127.0.0.1:1/0",
+        enqueue_timeout_s=0.5,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    enqueuer = CeleryEnqueuer(settings)
+    started = time.monotonic()
+    with pytest.raises(Exception) as first:
+        enqueuer.send(TASK_RUN_JOB, ["ftjob-1"], "training")
+    assert not isinstance(first.value, BrokerUnavailable)
+    tried_for = time.monotonic() - started  # the connect attempts and their retries
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        enqueuer.send(TASK_RUN_JOB, ["ftjob-2"], "training")
+    assert time.monotonic() - started < min(0.1, tried_for)
+    monkeypatch.setattr(queue, "BROKER_BACKOFF_S", 0.0)  # as if the backoff had run out
+    with pytest.raises(Exception) as again:
+        enqueuer.send(TASK_RUN_JOB, ["ftjob-3"], "training")
+    assert not isinstance(again.value, BrokerUnavailable)
 
 
 def test_publishes_on_redis_reuse_the_channels_redis_client(

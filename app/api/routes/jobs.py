@@ -3,10 +3,13 @@ server-sent events), checkpoints and adapter downloads."""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
@@ -20,12 +23,15 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
+    read_engine,
     read_sessions,
+    write_sessions,
 )
 from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
 from app.api.presenters import checkpoint_public, event_public, job_public
 from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
 from app.config import Settings
+from app.db.base import utcnow
 from app.schemas.common import ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import downloads as download_service
@@ -48,23 +54,32 @@ StreamQuery = Annotated[
 
 
 @router.post("")
-def create_job(
+async def create_job(
+    request: Request,
     body: JobCreate,
-    session: SessionDep,
     settings: SettingsDep,
     enqueuer: EnqueuerDep,
     organization_id: CurrentOrgDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     """Create a job; a retry with the same Idempotency-Key returns the same job."""
-    job = job_service.create_job(
-        session,
-        settings,
-        enqueuer,
-        organization_id=organization_id,
-        body=body,
-        idempotency_key=idempotency_key,
-    )
+    async with write_sessions(request)() as session:
+        job, created = await session.run_sync(
+            job_service.create_job,
+            settings,
+            organization_id=organization_id,
+            body=body,
+            idempotency_key=idempotency_key,
+        )
+        # The broker call can block (for its connect timeout and retries), so it runs off the
+        # event loop, on the app's one publishing thread rather than in the thread pool: a
+        # dead broker then holds no pool thread that the other routes need, and the backoff
+        # in CeleryEnqueuer lets the publishes queued behind a failed one fail at once.
+        if created:
+            publisher: ThreadPoolExecutor = request.app.state.publisher
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(publisher, job_service.send_job, enqueuer, job):
+                await session.run_sync(job_service.record_sent, job, utcnow())
     return job_public(job)
 
 
@@ -122,8 +137,8 @@ async def read_job_events(
     """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
     resumed after Last-Event-ID (or `after`)."""
     if not stream:
-        async with read_sessions(request)() as session:
-            return await session.run_sync(
+        async with read_engine(request).connect() as connection:
+            return await connection.run_sync(
                 events_page, organization_id, fine_tuning_job_id, after, limit
             )
     after_seq = resume_after(last_event_id, after)
@@ -145,13 +160,13 @@ async def read_job_events(
 
 
 def events_page(
-    session: Session, organization_id: str, job_id: str, after: str | None, limit: int
+    connection: Connection, organization_id: str, job_id: str, after: str | None, limit: int
 ) -> ListPage[EventPublic]:
     rows, has_more = event_service.list_events(
-        session, organization_id, job_id, after=after, limit=limit
+        connection, organization_id, job_id, after=after, limit=limit
     )
     if not rows:  # a job with no events past the cursor, or no such job: 404
-        job_service.require_job(session, organization_id, job_id)
+        job_service.require_job(connection, organization_id, job_id)
     return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
 
 
