@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.state.session_factory = make_session_factory(engine)
     app.state.async_engine = async_engine  # autocommits: the read engine
     app.state.read_session_factory = make_async_session_factory(async_engine)
-    app.state.write_session_factory = make_async_session_factory(in_transactions(async_engine))
+    app.state.write_engine = in_transactions(async_engine)
     app.state.storage = build_storage(settings)
     app.state.enqueuer = enqueuer or CeleryEnqueuer(settings)
     # Where new jobs are published from: one thread, started on the first POST. It outlives a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
@@ -69,10 +70,16 @@ def read_engine(request: Request) -> AsyncEngine:
     return engine
 
 
-def write_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
-    """Sessions that write on the event loop, each in a transaction (creating a job)."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.write_session_factory
-    return factory
+@asynccontextmanager
+async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session that writes on the event loop, in transactions (creating a job). It keeps one
+    connection for the request: its isolation level is then set once, not at every commit."""
+    engine: AsyncEngine = request.app.state.write_engine
+    async with (
+        engine.connect() as connection,
+        AsyncSession(connection, expire_on_commit=False) as session,
+    ):
+        yield session
 
 
 async def get_session_factory(request: Request) -> sessionmaker[Session]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Row
 
 from app.db.base import unix
@@ -77,6 +78,36 @@ def event_public(event: JobEvent | Row[Any]) -> EventPublic:
         type=event.type,  # type: ignore[arg-type]
         data=event.data,
     )
+
+
+def event_page_json(rows: list[Row[Any]], has_more: bool) -> bytes:
+    """The JSON of `ListPage[EventPublic]` for rows of `EVENT_COLUMNS`, built without models.
+
+    Byte for byte what the models would give (a test holds them equal), for the busiest list
+    route: validating twenty models and a page per request, then serializing them, costs it
+    more than the query does.
+    """
+    events = [
+        {
+            "id": event_id(seq),
+            "object": "fine_tuning.job.event",
+            "created_at": unix(created_at) or 0,
+            "level": level,
+            "message": message,
+            "type": type_,
+            "data": data,
+        }
+        for seq, created_at, level, message, type_, data in map(tuple, rows)
+    ]
+    first_id, last_id = (events[0]["id"], events[-1]["id"]) if events else (None, None)
+    page = {
+        "object": "list",
+        "data": events,
+        "has_more": has_more,
+        "first_id": first_id,
+        "last_id": last_id,
+    }
+    return orjson.dumps(page)
 
 
 def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:

@@ -10,10 +10,13 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.presenters import event_page_json, event_public
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job
-from app.services.events import add_event
+from app.schemas.common import ListPage
+from app.schemas.jobs import EventPublic
+from app.services.events import add_event, list_events
 from app.services.transitions import compare_and_set
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
@@ -288,6 +291,33 @@ def test_events_list_newest_first_with_cursor(
     assert [e["type"] for e in rest["data"]] == ["metrics", "message", "message"]
     assert rest["data"][-1]["message"].startswith("Created fine-tuning job")
     assert rest["has_more"] is False
+
+
+def test_an_event_page_is_byte_for_byte_the_json_of_its_public_models(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    job_id = create_job(client, tenant_a, training_file).json()["id"]
+    data = {
+        "step": 1,
+        "train_loss": 0.1 + 0.2,
+        "lr": 2.5e-8,
+        "nested": {"flags": [True, None, -3], "text": 'é\n"quoted" ✓'},
+    }
+    with session_factory() as session:
+        job = session.get_one(Job, job_id)
+        add_event(session, job, "Étape 1 — perte 0.3 ✓", type="metrics", data=data)
+        add_event(session, job, "Low disk", level="warn")
+        session.commit()
+        rows, has_more = list_events(session, tenant_a.organization_id, job_id, after=None, limit=3)
+    models = ListPage[EventPublic].of([event_public(row) for row in rows], has_more)
+    assert event_page_json(rows, has_more) == models.model_dump_json().encode()
+    served = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=3", headers=tenant_a.headers)
+    assert served.content == models.model_dump_json().encode()
+    assert served.headers["content-type"] == "application/json"
+    assert [event["level"] for event in served.json()["data"]] == ["warn", "info", "info"]
 
 
 def test_events_past_the_oldest_are_an_empty_page_and_an_unknown_job_is_404(

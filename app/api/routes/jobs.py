@@ -25,10 +25,10 @@ from app.api.deps import (
     StorageDep,
     read_engine,
     read_sessions,
-    write_sessions,
+    write_session,
 )
 from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
-from app.api.presenters import checkpoint_public, event_public, job_public
+from app.api.presenters import checkpoint_public, event_page_json, job_public
 from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
 from app.config import Settings
 from app.db.base import utcnow
@@ -63,7 +63,7 @@ async def create_job(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     """Create a job; a retry with the same Idempotency-Key returns the same job."""
-    async with write_sessions(request)() as session:
+    async with write_session(request) as session:
         job, created = await session.run_sync(
             job_service.create_job,
             settings,
@@ -133,7 +133,7 @@ async def read_job_events(
     limit: LimitQuery = 20,
     stream: StreamQuery = False,
     last_event_id: LastEventIdHeader = None,
-) -> ListPage[EventPublic] | StreamingResponse:
+) -> Response:
     """Messages and metrics, newest first; with stream=true, server-sent events oldest first,
     resumed after Last-Event-ID (or `after`)."""
     if not stream:
@@ -161,13 +161,13 @@ async def read_job_events(
 
 def events_page(
     connection: Connection, organization_id: str, job_id: str, after: str | None, limit: int
-) -> ListPage[EventPublic]:
+) -> Response:
     rows, has_more = event_service.list_events(
         connection, organization_id, job_id, after=after, limit=limit
     )
     if not rows:  # a job with no events past the cursor, or no such job: 404
         job_service.require_job(connection, organization_id, job_id)
-    return ListPage[EventPublic].of([event_public(r) for r in rows], has_more)
+    return Response(event_page_json(rows, has_more), media_type="application/json")
 
 
 def checkpoints_page(
