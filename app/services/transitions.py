@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, update
+from sqlalchemy import ClauseElement, Connection, Table, Update, bindparam, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job
@@ -22,7 +23,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 
 def compare_and_set(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     *,
     from_statuses: Iterable[str],
@@ -40,13 +41,48 @@ def compare_and_set(
         if illegal:
             raise ValueError(f"illegal transition {illegal} -> {to_status}")
         values["status"] = to_status
-    # A Core UPDATE of the table: the ORM's bulk-update path adds its own compilation and
-    # bookkeeping, and would skip synchronizing the session anyway.
+    where = where or {}
+    if any(isinstance(v, ClauseElement) for v in (*values.values(), *where.values())):
+        # A value computed in SQL (`attempt + 1`): a statement of its own, built for this call.
+        result = session.execute(_table_update(job_id, sources, where).values(_by_column(values)))
+        return result.rowcount == 1  # type: ignore[attr-defined]
+    # Compared with IS NULL or with "=": a different statement, so part of the shape.
+    conditions = tuple(sorted((attribute, value is None) for attribute, value in where.items()))
+    stmt = _statement(sources, conditions, tuple(sorted(values)))
+    params = {"_job_id": job_id}
+    params.update({f"_where_{a}": v for a, v in where.items() if v is not None})
+    params.update({f"_set_{a}": v for a, v in values.items()})
+    result = session.execute(stmt, params)
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _table_update(job_id: Any, sources: frozenset[str], where: dict[str, Any]) -> Update:
+    """A Core UPDATE of the table: the ORM's bulk-update path adds its own compilation and
+    bookkeeping, and would skip synchronizing the session anyway."""
     columns = Job.__mapper__.columns
     stmt = update(cast(Table, Job.__table__)).where(
-        columns["id"] == job_id, columns["status"].in_(sources)
+        columns["id"] == job_id, columns["status"].in_(sorted(sources))
     )
-    for attribute, expected in (where or {}).items():
-        stmt = stmt.where(columns[attribute] == expected)
-    result = session.execute(stmt.values({columns[a]: v for a, v in values.items()}))
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    for attribute, expected in where.items():
+        stmt = stmt.where(columns[attribute] == expected)  # None compares with IS NULL
+    return stmt
+
+
+def _by_column(values: dict[str, Any]) -> dict[Any, Any]:
+    columns = Job.__mapper__.columns
+    return {columns[attribute]: value for attribute, value in values.items()}
+
+
+@cache
+def _statement(
+    sources: frozenset[str], conditions: tuple[tuple[str, bool], ...], assigned: tuple[str, ...]
+) -> Update:
+    """The UPDATE of one shape of change with plain values, built once: a call then only
+    binds its values, and SQLAlchemy finds the compiled form by the statement it already has."""
+    columns = Job.__mapper__.columns
+    where: dict[str, Any] = {
+        attribute: None if is_null else bindparam(f"_where_{attribute}")
+        for attribute, is_null in conditions
+    }
+    assigned_values = {a: bindparam(f"_set_{a}", type_=columns[a].type) for a in assigned}
+    return _table_update(bindparam("_job_id"), sources, where).values(_by_column(assigned_values))
