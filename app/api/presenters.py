@@ -84,8 +84,8 @@ def event_page_json(rows: list[Row[Any]], has_more: bool) -> bytes:
     """The JSON of `ListPage[EventPublic]` for rows of `EVENT_COLUMNS`, built without models.
 
     Byte for byte what the models would give (a test holds them equal), for the busiest list
-    route: validating twenty models and a page per request, then serializing them, costs it
-    more than the query does.
+    route: validating twenty models and a page, then serializing them, was about a quarter of
+    the instructions its requests cost (bench/api_instructions.py).
     """
     events = [
         {
