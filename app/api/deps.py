@@ -82,12 +82,6 @@ async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_session_factory(request: Request) -> sessionmaker[Session]:
-    """For work that outlives the request's session (a stream opens one per poll)."""
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    return factory
-
-
 async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
@@ -102,7 +96,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the handler returns, before the body is sent: a slow reader of a download must
 # not hold a pooled connection (a few dozen of them would stall every other request).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
