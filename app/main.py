@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -33,6 +34,11 @@ from app.queue import CeleryEnqueuer, Enqueuer
 from app.storage import build_storage
 
 log = logging.getLogger(__name__)
+
+# How long shutting down waits for the publishes still queued (after a failed one, the rest
+# fail at once: see BROKER_BACKOFF_S). Those it gives up on are the reaper's, after
+# requeue_after_s.
+PUBLISH_DRAIN_S = 10.0
 
 HTTP_ERROR_TYPES = {
     401: "authentication_error",
@@ -116,6 +122,14 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def drain_publisher(publisher: ThreadPoolExecutor) -> None:
+    """Wait for the new jobs queued for publishing before this point to be published."""
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(publisher.submit(lambda: None)), PUBLISH_DRAIN_S)
+    except TimeoutError:
+        log.warning("new jobs still unpublished after %.0f s; the reaper will", PUBLISH_DRAIN_S)
+
+
 def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = None) -> FastAPI:
     """Build the API; `enqueuer` is the seam tests swap for a recording fake."""
     settings = settings or get_settings()
@@ -125,6 +139,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
         if settings.run_migrations_on_start:
             upgrade_head(settings.resolved_database_url())
         yield
+        await drain_publisher(app.state.publisher)
         app.state.engine.dispose()
         await app.state.async_engine.dispose()
 

@@ -126,6 +126,11 @@ def training_file(client: TestClient, tenant_a: Tenant) -> str:
     return file_id
 
 
+def published(client: TestClient) -> None:
+    """Wait until the app's publishing thread has published the new jobs created so far."""
+    client.app.state.publisher.submit(lambda: None).result(timeout=10)  # type: ignore[attr-defined]
+
+
 def create_job(client: TestClient, tenant: Tenant, training_file: str, **fields: Any) -> Any:
     body = {"model": "loraforge/tiny-random-llama", "training_file": training_file, **fields}
     return client.post("/v1/fine_tuning/jobs", headers=tenant.headers, json=body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -14,12 +15,12 @@ from app.api.presenters import event_page_json, event_public
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job
+from app.main import create_app
 from app.schemas.common import ListPage
 from app.schemas.jobs import EventPublic
 from app.services.events import add_event, list_events
-from app.services.transitions import compare_and_set
-from tests.conftest import RecordingEnqueuer, create_job, upload
-from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset
+from tests.conftest import RecordingEnqueuer, create_job, published, upload
+from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset, create_tenant
 
 
 def test_create_resolves_auto_and_returns_openai_job(
@@ -77,6 +78,32 @@ def test_explicit_hyperparameters_in_method_are_kept(
     assert job["training"]["packing"] is True
 
 
+def test_a_created_job_reads_back_as_it_was_answered(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    created = create_job(
+        client,
+        tenant_a,
+        training_file,
+        suffix="readback",
+        metadata={"team": "nlp"},
+        seed=7,
+        lora={"r": 8, "alpha": 16},
+    ).json()
+    read = client.get(f"/v1/fine_tuning/jobs/{created['id']}", headers=tenant_a.headers).json()
+    assert read == created
+    assert created["metadata"] == {"team": "nlp"}
+    assert created["suffix"] == "readback"
+    with session_factory() as session:
+        job = session.get_one(Job, created["id"])
+        assert (job.queue, job.cancel_requested, job.pause_requested) == ("training", False, False)
+        assert job.enqueued_at == job.created_at  # committed as it is published
+        assert (job.lease_owner, job.started_at, job.error) == (None, None, None)
+
+
 def test_deprecated_top_level_hyperparameters_are_accepted(
     client: TestClient, tenant_a: Tenant, training_file: str
 ):
@@ -127,6 +154,7 @@ def test_job_is_committed_before_it_is_enqueued_by_name(
     client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
     job = create_job(client, tenant_a, training_file).json()
+    published(client)
     (sent,) = enqueuer.sent
     assert sent.task_name == "training.run_job"
     assert sent.args == [job["id"]]
@@ -145,6 +173,7 @@ def test_enqueue_failure_still_creates_the_job(
     enqueuer.fail = True
     response = create_job(client, tenant_a, training_file)
     assert response.status_code == 200
+    published(client)
     with session_factory() as session:
         job = session.get(Job, response.json()["id"])
         assert job is not None
@@ -152,7 +181,7 @@ def test_enqueue_failure_still_creates_the_job(
         assert job.enqueued_at is None  # the reaper's signal to publish it again
 
 
-def test_publishing_records_when_the_job_was_sent(
+def test_a_new_job_is_committed_with_the_time_it_is_published(
     client: TestClient,
     tenant_a: Tenant,
     training_file: str,
@@ -161,6 +190,7 @@ def test_publishing_records_when_the_job_was_sent(
     before = utcnow()
     response = create_job(client, tenant_a, training_file)
     assert response.json()["status"] == "queued"
+    published(client)
     with session_factory() as session:
         job = session.get(Job, response.json()["id"])
         assert job is not None
@@ -168,22 +198,20 @@ def test_publishing_records_when_the_job_was_sent(
         assert before <= job.enqueued_at <= utcnow()
 
 
-def test_a_job_claimed_while_it_was_published_is_answered_as_it_is_now(
-    client: TestClient,
-    tenant_a: Tenant,
-    training_file: str,
-    enqueuer: RecordingEnqueuer,
-    session_factory: sessionmaker[Session],
+def test_the_response_does_not_wait_for_the_broker(
+    client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
-    def claim(args: list[Any]) -> None:
-        with session_factory() as session:
-            assert compare_and_set(session, args[0], from_statuses={"queued"}, to_status="running")
-            session.commit()
-
-    enqueuer.after_send = claim
+    released = threading.Event()
+    # The publish blocks until the test has its response; True once it was let go in time.
+    outcomes: list[bool] = []
+    enqueuer.after_send = lambda _args: outcomes.append(released.wait(timeout=10))
     response = create_job(client, tenant_a, training_file)
     assert response.status_code == 200
-    assert response.json()["status"] == "running"
+    assert response.json()["status"] == "queued"
+    released.set()
+    published(client)
+    assert outcomes == [True]
+    assert [s.args for s in enqueuer.sent] == [[response.json()["id"]]]
 
 
 def test_a_new_job_is_published_from_the_publishing_thread(
@@ -192,8 +220,21 @@ def test_a_new_job_is_published_from_the_publishing_thread(
     threads: list[str] = []
     enqueuer.after_send = lambda _args: threads.append(threading.current_thread().name)
     assert create_job(client, tenant_a, training_file).status_code == 200
+    published(client)
     assert len(threads) == 1
     assert threads[0].startswith("publish")  # neither the event loop nor the thread pool
+
+
+def test_a_stopping_api_publishes_the_jobs_it_created_first(settings: Settings):
+    enqueuer = RecordingEnqueuer()
+    finished: list[str] = []
+    enqueuer.after_send = lambda args: (time.sleep(1.0), finished.append(args[0]))
+    app = create_app(settings, enqueuer=enqueuer)
+    with TestClient(app) as client:
+        tenant = create_tenant(app.state.session_factory, "acme")
+        file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
+        job_id = create_job(client, tenant, file_id).json()["id"]
+    assert finished == [job_id]  # the lifespan's end waited for the publish under way
 
 
 def test_idempotency_key_returns_the_same_job(
@@ -204,6 +245,7 @@ def test_idempotency_key_returns_the_same_job(
     first = client.post("/v1/fine_tuning/jobs", headers=headers, json=body).json()
     second = client.post("/v1/fine_tuning/jobs", headers=headers, json=body).json()
     assert first["id"] == second["id"]
+    published(client)
     assert len(enqueuer.sent) == 1
     other = client.post("/v1/fine_tuning/jobs", headers=headers, json={**body, "suffix": "x"})
     assert other.status_code == 409
@@ -256,6 +298,7 @@ def test_pause_and_resume_a_queued_job_requeues_it(
     client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
+    published(client)
     paused = client.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=tenant_a.headers).json()
     assert paused["status"] == "paused"
     resumed = client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=tenant_a.headers)
@@ -404,4 +447,5 @@ def test_job_goes_to_the_smallest_worker_class_it_fits(
 ):
     settings.queue_memory = {"gpu-80g": 80 << 30, "gpu-24g": 24 << 30, "tiny": 1 << 10}
     assert create_job(client, tenant_a, training_file).status_code == 200
+    published(client)
     assert enqueuer.sent[-1].queue == "gpu-24g"

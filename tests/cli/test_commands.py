@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from app.cli import cli
 from app.client.http import LoraforgeClient
-from tests.conftest import RecordingEnqueuer
+from tests.conftest import RecordingEnqueuer, published
 from tests.factories import Tenant, chat_dataset, jsonl
 
 runner = CliRunner()
@@ -57,7 +57,9 @@ def test_refused_upload_exits_1_with_each_problem_by_line(run: Any, tmp_path: Pa
     assert "line 13" in result.stderr and "(invalid_json)" in result.stderr
 
 
-def test_create_sends_only_the_options_given(run: Any, dataset: Path, enqueuer: RecordingEnqueuer):
+def test_create_sends_only_the_options_given(
+    run: Any, dataset: Path, client: TestClient, enqueuer: RecordingEnqueuer
+):
     created = run(
         "jobs", "create", "--model", "loraforge/tiny-random-llama", "--training-file",
         str(dataset), "--epochs", "2", "--lr-multiplier", "0.5", "--r", "8", "--alpha", "16",
@@ -67,6 +69,7 @@ def test_create_sends_only_the_options_given(run: Any, dataset: Path, enqueuer: 
     assert created.exit_code == 0, created.output
     job_id = created.stdout.strip().splitlines()[-1]
     assert job_id.startswith("ftjob-")
+    published(client)
     assert enqueuer.sent[-1].args == [job_id]
     job = json.loads(run("jobs", "get", job_id).stdout)
     assert job["hyperparameters"]["n_epochs"] == 2

@@ -3,7 +3,6 @@ server-sent events), checkpoints and adapter downloads."""
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
@@ -31,7 +30,6 @@ from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
 from app.api.presenters import checkpoint_public, event_page_json, job_public
 from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
 from app.config import Settings
-from app.db.base import utcnow
 from app.schemas.common import ListPage
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import downloads as download_service
@@ -71,15 +69,15 @@ async def create_job(
             body=body,
             idempotency_key=idempotency_key,
         )
-        # The broker call can block (for its connect timeout and retries), so it runs off the
-        # event loop, on the app's one publishing thread rather than in the thread pool: a
-        # dead broker then holds no pool thread that the other routes need, and the backoff
-        # in CeleryEnqueuer lets the publishes queued behind a failed one fail at once.
-        if created:
-            publisher: ThreadPoolExecutor = request.app.state.publisher
-            loop = asyncio.get_running_loop()
-            if await loop.run_in_executor(publisher, job_service.send_job, enqueuer, job):
-                await session.run_sync(job_service.record_sent, job, utcnow())
+    if created:
+        # Published on the app's one publishing thread, while the response goes out: the
+        # broker call can block for its connect timeout and retries, and a request that
+        # waited for it would wait on that thread's turn at the GIL too. A dead broker holds
+        # no thread that the other routes need, and the backoff in CeleryEnqueuer makes the
+        # publishes queued behind a failed one fail at once.
+        publisher: ThreadPoolExecutor = request.app.state.publisher
+        factory = request.app.state.session_factory
+        publisher.submit(job_service.publish_created, factory, enqueuer, job.id, job.queue)
     return job_public(job)
 
 
