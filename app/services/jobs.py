@@ -157,7 +157,7 @@ def _job_insert() -> Insert:
 def _insert_job(session: Session, job: Job) -> None:
     """INSERT a new job as one Core statement: what it has set, NULL for the rest.
 
-    The session's unit of work, for this one row, cost POST job a tenth of its instructions.
+    The session's unit of work, for this one row, cost POST job 0.55M of its 7.4M instructions.
     The job stays out of the session, as the object the response is made from.
     """
     values = {column: getattr(job, key) for column, key in _job_columns()}
