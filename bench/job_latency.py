@@ -14,9 +14,7 @@ Prints JSON and writes bench/results/job_latency.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.db.models import Job  # noqa: E402
-from bench.common import load_average  # noqa: E402
+from bench.common import finish, header  # noqa: E402
 from tests.e2e.stacks import (  # noqa: E402
     Stack,
     create_job,
@@ -96,31 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="2 jobs per stack (CI smoke run)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
     jobs = 2 if args.quick else args.jobs
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results: dict[str, Any] = {
-        "benchmark": "job_latency",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": f"python bench/job_latency.py {'--quick' if args.quick else f'--jobs {jobs}'}",
-        "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_average_start": load_average(),
-        "method": "created_at -> started_at from the database (claim, before model load); "
-        "cancel: client POST -> status cancelled, polled every 20 ms",
-        "goals": {"redis_p50_s": 1.0, "embedded_p50_s": 2.0},
-    }
+    command = f"python bench/job_latency.py {'--quick' if args.quick else f'--jobs {jobs}'}"
+    results = header("job_latency", command, args.quick)
+    results["method"] = (
+        "created_at -> started_at from the database (claim, before model load); "
+        "cancel: client POST -> status cancelled, polled every 20 ms"
+    )
+    results["goals"] = {"redis_p50_s": 1.0, "embedded_p50_s": 2.0}
     with tempfile.TemporaryDirectory() as root:
         with postgres_redis_stack(Path(root) / "redis") as stack:
             results["redis"] = measure(stack, jobs)
         with embedded_stack(Path(root) / "embedded") as stack:
             results["embedded"] = measure(stack, jobs)
-    results["load_average_end"] = load_average()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / "job_latency.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    finish(results, args.out_dir)
 
 
 if __name__ == "__main__":
