@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, insert, select
+from sqlalchemy import Connection, Insert, Row, Select, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
@@ -47,25 +47,29 @@ def add_event(
     return event
 
 
-def insert_messages(session: Session, job: Job, messages: list[str]) -> None:
-    """INSERT info messages on a flushed job now, as one statement.
+@cache
+def _event_insert() -> Insert:
+    return insert(JobEvent)
 
-    For a request that only writes them: no ORM objects for the session to track and flush.
+
+def insert_messages(session: Session, job: Job, messages: list[str]) -> None:
+    """INSERT info messages on a job already inserted, now, in one round trip.
+
+    On the session's connection, as Core: the ORM's bulk INSERT path, for the two messages of
+    a new job, cost POST job 0.56M of its 6.7M instructions, and no ORM object is needed.
     """
-    session.execute(
-        insert(JobEvent),
-        [
-            {
-                "job_id": job.id,
-                "organization_id": job.organization_id,
-                "type": "message",
-                "level": "info",
-                "message": message,
-                "data": None,
-            }
-            for message in messages
-        ],
-    )
+    rows = [
+        {
+            "job_id": job.id,
+            "organization_id": job.organization_id,
+            "type": "message",
+            "level": "info",
+            "message": message,
+            "data": None,
+        }
+        for message in messages
+    ]
+    session.connection().execute(_event_insert(), rows)
 
 
 # What a page of events presents: plain rows (a fraction of an ORM object's cost to load).

@@ -8,7 +8,10 @@ which narrows the window to the moment between the check and the commit.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -19,26 +22,46 @@ from app.errors import QuotaExceeded
 ACTIVE_STATUSES = ("validating_files", "queued", "running")
 
 
+# Built once and run on the session's connection, as Core. The lock and the count run in
+# every job creation; through the session's ORM path they cost POST job 1.3M instructions
+# more (8.3M against 7.0M, with the quota on).
+@cache
+def _organization_lock() -> Select[Any]:
+    return (
+        select(Organization.id)
+        .where(Organization.id == bindparam("organization_id"))
+        .with_for_update()
+    )
+
+
+@cache
+def _active_jobs_count() -> Select[Any]:
+    return select(func.count(Job.id)).where(
+        Job.organization_id == bindparam("organization_id"), Job.status.in_(ACTIVE_STATUSES)
+    )
+
+
+@cache
+def _stored_files_totals() -> Select[int, int]:
+    return select(func.count(File.id), func.coalesce(func.sum(File.bytes), 0)).where(
+        File.organization_id == bindparam("organization_id")
+    )
+
+
 def _lock_organization(session: Session, organization_id: str) -> None:
     """Serialize quota checks of one organization until the caller's transaction ends."""
-    session.execute(
-        select(Organization.id).where(Organization.id == organization_id).with_for_update()
-    )
+    session.connection().execute(_organization_lock(), {"organization_id": organization_id})
 
 
 def active_jobs(session: Session, organization_id: str) -> int:
-    stmt = select(func.count(Job.id)).where(
-        Job.organization_id == organization_id, Job.status.in_(ACTIVE_STATUSES)
-    )
-    return int(session.scalar(stmt) or 0)
+    params = {"organization_id": organization_id}
+    return int(session.connection().execute(_active_jobs_count(), params).scalar() or 0)
 
 
 def stored_files(session: Session, organization_id: str) -> tuple[int, int]:
     """(number of files, their bytes) kept for the organization."""
-    stmt = select(func.count(File.id), func.coalesce(func.sum(File.bytes), 0)).where(
-        File.organization_id == organization_id
-    )
-    count, total = session.execute(stmt).one()
+    params = {"organization_id": organization_id}
+    count, total = session.connection().execute(_stored_files_totals(), params).one()
     return int(count), int(total)
 
 
