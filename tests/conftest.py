@@ -131,6 +131,14 @@ def published(client: TestClient) -> None:
     client.app.state.publisher.submit(lambda: None).result(timeout=10)  # type: ignore[attr-defined]
 
 
-def create_job(client: TestClient, tenant: Tenant, training_file: str, **fields: Any) -> Any:
+def post_job(client: TestClient, tenant: Tenant, training_file: str, **fields: Any) -> Any:
+    """POST a job; the answer comes before the job is published."""
     body = {"model": "loraforge/tiny-random-llama", "training_file": training_file, **fields}
     return client.post("/v1/fine_tuning/jobs", headers=tenant.headers, json=body)
+
+
+def create_job(client: TestClient, tenant: Tenant, training_file: str, **fields: Any) -> Any:
+    """POST a job, then wait for its publish: what a test checks next then sees it done."""
+    response = post_job(client, tenant, training_file, **fields)
+    published(client)
+    return response

@@ -19,7 +19,7 @@ from app.main import create_app
 from app.schemas.common import ListPage
 from app.schemas.jobs import EventPublic
 from app.services.events import add_event, list_events
-from tests.conftest import RecordingEnqueuer, create_job, published, upload
+from tests.conftest import RecordingEnqueuer, create_job, post_job, published, upload
 from tests.factories import Tenant, add_checkpoint, add_metrics, chat_dataset, create_tenant
 
 
@@ -154,7 +154,6 @@ def test_job_is_committed_before_it_is_enqueued_by_name(
     client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
     job = create_job(client, tenant_a, training_file).json()
-    published(client)
     (sent,) = enqueuer.sent
     assert sent.task_name == "training.run_job"
     assert sent.args == [job["id"]]
@@ -173,7 +172,6 @@ def test_enqueue_failure_still_creates_the_job(
     enqueuer.fail = True
     response = create_job(client, tenant_a, training_file)
     assert response.status_code == 200
-    published(client)
     with session_factory() as session:
         job = session.get(Job, response.json()["id"])
         assert job is not None
@@ -190,7 +188,6 @@ def test_a_new_job_is_committed_with_the_time_it_is_published(
     before = utcnow()
     response = create_job(client, tenant_a, training_file)
     assert response.json()["status"] == "queued"
-    published(client)
     with session_factory() as session:
         job = session.get(Job, response.json()["id"])
         assert job is not None
@@ -205,7 +202,7 @@ def test_the_response_does_not_wait_for_the_broker(
     # The publish blocks until the test has its response; True once it was let go in time.
     outcomes: list[bool] = []
     enqueuer.after_send = lambda _args: outcomes.append(released.wait(timeout=10))
-    response = create_job(client, tenant_a, training_file)
+    response = post_job(client, tenant_a, training_file)
     assert response.status_code == 200
     assert response.json()["status"] == "queued"
     released.set()
@@ -220,7 +217,6 @@ def test_a_new_job_is_published_from_the_publishing_thread(
     threads: list[str] = []
     enqueuer.after_send = lambda _args: threads.append(threading.current_thread().name)
     assert create_job(client, tenant_a, training_file).status_code == 200
-    published(client)
     assert len(threads) == 1
     assert threads[0].startswith("publish")  # neither the event loop nor the thread pool
 
@@ -233,7 +229,7 @@ def test_a_stopping_api_publishes_the_jobs_it_created_first(settings: Settings):
     with TestClient(app) as client:
         tenant = create_tenant(app.state.session_factory, "acme")
         file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
-        job_id = create_job(client, tenant, file_id).json()["id"]
+        job_id = post_job(client, tenant, file_id).json()["id"]
     assert finished == [job_id]  # the lifespan's end waited for the publish under way
 
 
@@ -298,7 +294,6 @@ def test_pause_and_resume_a_queued_job_requeues_it(
     client: TestClient, tenant_a: Tenant, training_file: str, enqueuer: RecordingEnqueuer
 ):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
-    published(client)
     paused = client.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=tenant_a.headers).json()
     assert paused["status"] == "paused"
     resumed = client.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=tenant_a.headers)
@@ -447,5 +442,4 @@ def test_job_goes_to_the_smallest_worker_class_it_fits(
 ):
     settings.queue_memory = {"gpu-80g": 80 << 30, "gpu-24g": 24 << 30, "tiny": 1 << 10}
     assert create_job(client, tenant_a, training_file).status_code == 200
-    published(client)
     assert enqueuer.sent[-1].queue == "gpu-24g"

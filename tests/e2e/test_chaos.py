@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection
+from kombu.exceptions import ChannelError
 
 from app.queue import TASK_RUN_JOB
 from tests.e2e.stacks import (
@@ -66,6 +67,15 @@ def _pings(url: str) -> bool:
         return False
 
 
+def queued_messages(broker_url: str, queue: str) -> int:
+    """Messages waiting in `queue`; 0 until the first publish has created it."""
+    with Connection(broker_url) as connection:
+        try:
+            return connection.SimpleQueue(queue).qsize()
+        except ChannelError:
+            return 0
+
+
 def test_redis_restart_while_jobs_are_queued_loses_nothing(tmp_path: Path):
     port = free_port()
     broker_url = f"redis://127.0.0.1:{port}/0"
@@ -78,9 +88,9 @@ def test_redis_restart_while_jobs_are_queued_loses_nothing(tmp_path: Path):
             create_job(client, upload(client, hello_dataset(20)), max_steps=6)["id"]
             for _ in range(2)
         ]
-        with Connection(broker_url) as connection:
-            queued = connection.SimpleQueue(stack.env["LORAFORGE_JOB_QUEUE"]).qsize()
-        assert queued == 2
+        # Each answer came once its job was committed; the publishes follow on the API's thread.
+        queue = stack.env["LORAFORGE_JOB_QUEUE"]
+        wait_for(lambda: queued_messages(broker_url, queue) == 2, 10, "both jobs to be published")
         # Redis restarts empty (no persistence): both messages are gone.
         stop(redis, grace_s=5)
         with private_redis(port, tmp_path):
