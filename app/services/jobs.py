@@ -6,7 +6,6 @@ import hashlib
 import logging
 import re
 import secrets
-from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -212,15 +211,18 @@ def create_job(
 
 def publish(session: Session, settings: Settings, enqueuer: Enqueuer, job: Job) -> bool:
     """Ring the bell for a committed queued job; record when it was sent."""
-    if not send_job(enqueuer, job):
+    if not try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue):
         return False
-    record_sent(session, job, utcnow())
+    sent_at = utcnow()
+    autocommit_next(session)  # one UPDATE: no BEGIN and COMMIT round trips around it
+    recorded = compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=sent_at)
+    session.commit()
+    if recorded:
+        # Still queued when the row was written: the loaded job lacks only this value.
+        set_committed_value(job, "enqueued_at", sent_at)
+    else:
+        session.refresh(job)  # a worker moved it on already
     return True
-
-
-def send_job(enqueuer: Enqueuer, job: Job) -> bool:
-    """Publish the job's task; False (logged) when the broker cannot take it."""
-    return try_send(enqueuer, TASK_RUN_JOB, [job.id], job.queue)
 
 
 def publish_created(
@@ -243,18 +245,6 @@ def publish_created(
             job_id,
             exc_info=True,
         )
-
-
-def record_sent(session: Session, job: Job, sent_at: datetime) -> None:
-    """Record when the job's task was published, unless a worker has moved the job on."""
-    autocommit_next(session)  # one UPDATE: no BEGIN and COMMIT round trips around it
-    recorded = compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=sent_at)
-    session.commit()
-    if recorded:
-        # Still queued when the row was written: the loaded job lacks only this value.
-        set_committed_value(job, "enqueued_at", sent_at)
-    else:
-        session.refresh(job)  # a worker moved it on already
 
 
 @cache

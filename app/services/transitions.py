@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Connection, Table, Update, bindparam, update
+from sqlalchemy import ClauseElement, Table, Update, bindparam, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job
@@ -23,7 +23,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 
 def compare_and_set(
-    session: Session | Connection,
+    session: Session,
     job_id: str,
     *,
     from_statuses: Iterable[str],
