@@ -14,6 +14,17 @@ from sqlalchemy.engine import make_url
 POSTGRES_ADMIN_URL = os.environ.get(
     "LORAFORGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+# The suite uses Redis databases LORAFORGE_TEST_REDIS_DB and the few after it (REDIS_DBS):
+# two checkouts running their suites on one machine set different values.
+REDIS_SERVER = os.environ.get("LORAFORGE_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB_BASE = int(os.environ.get("LORAFORGE_TEST_REDIS_DB", "11"))
+REDIS_DBS = 2
+
+
+def redis_url(offset: int) -> str:
+    """The URL of the suite's Redis database number `offset` (0 .. REDIS_DBS - 1)."""
+    assert 0 <= offset < REDIS_DBS
+    return f"{REDIS_SERVER}/{REDIS_DB_BASE + offset}"
 
 
 @contextmanager

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from tests.databases import postgres_database
+from tests.databases import postgres_database, redis_url
 from tests.live import api_server, children, loraforge, serve_process, start_worker, stop, wait_for
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url(1)
 # Short leases so that recovery after a kill -9 takes seconds, not minutes.
 FAST_RECOVERY = {
     "LORAFORGE_LEASE_SECONDS": "4",

@@ -21,9 +21,10 @@ from app.db.models import Job
 from app.main import create_app
 from app.queue import TASK_RUN_JOB, BrokerUnavailable, CeleryEnqueuer
 from tests.conftest import create_job, upload
+from tests.databases import redis_url
 from tests.factories import chat_dataset, create_tenant
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_url(0)
 
 
 @pytest.fixture(params=["redis", "sqlite-broker"])
