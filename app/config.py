@@ -67,6 +67,22 @@ class Settings(BaseSettings):
         description="Bytes of uploaded files an organization may keep; 0: no limit",
     )
     max_files: int = Field(1000, ge=0, description="Files an organization may keep; 0: no limit")
+    max_concurrent_uploads: int = Field(
+        4,
+        ge=0,
+        description=(
+            "Uploads an organization may send at once, counted in each API process (429 with "
+            "Retry-After beyond); 0: no limit"
+        ),
+    )
+    lock_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "How long an API request waits for a row lock on PostgreSQL before it is answered "
+            "503 with Retry-After (the API's locks last one short transaction each)"
+        ),
+    )
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description=(

@@ -109,12 +109,40 @@ class Unavailable(ApiError):
     code = "service_unavailable"
 
 
+class ServiceBusy(Unavailable):
+    """The database had no connection or lock free in time; a retry shortly will do."""
+
+    code = "service_busy"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class InsufficientStorage(ApiError):
+    """The server's disk is full: nothing the client sent was kept."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
+
+
 class RateLimited(ApiError):
     """Too many requests with one key; Retry-After says when to try again."""
 
     status_code = 429
     error_type = "requests"
     code = "rate_limit_exceeded"
+
+
+class TooManyConcurrentUploads(ApiError):
+    """One organization is already sending as many uploads as it may at once."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "too_many_concurrent_uploads"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, param="file", headers={"Retry-After": str(retry_after_s)})
 
 
 class QuotaExceeded(ApiError):

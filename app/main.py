@@ -13,25 +13,30 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import exc as sa_exc
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.api.guards import ControlCharacterGuard
 from app.api.keycache import KeyCache
 from app.api.ratelimit import RateLimiter
 from app.api.routes import estimates, exports, files, health, jobs, models, web
+from app.api.upload_slots import UploadSlots
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
 from app.db.session import (
     in_transactions,
+    is_contention,
     make_async_engine,
     make_async_session_factory,
     make_engine,
     make_session_factory,
 )
-from app.errors import ApiError
+from app.errors import ApiError, ServiceBusy
 from app.queue import CeleryEnqueuer, Enqueuer
-from app.storage import build_storage
+from app.storage import Storage, build_storage
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 # fail at once: see BROKER_BACKOFF_S). Those it gives up on are the reaper's, after
 # requeue_after_s.
 PUBLISH_DRAIN_S = 10.0
+# Temp files of uploads that a killed API left behind: removed at start and this often, once
+# nothing has written to them for STALE_PART_S (a live upload writes every few milliseconds).
+SWEEP_INTERVAL_S = 600.0
+STALE_PART_S = 3600.0
 
 HTTP_ERROR_TYPES = {
     401: "authentication_error",
@@ -115,6 +124,21 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A busy database (no connection or lock free in time) is a 503 to retry, not a bug."""
+    if not is_contention(exc):
+        return await _unexpected_error(request, exc)
+    log.warning("database busy: %s", exc)
+    busy = ServiceBusy("the service is busy; retry in a moment")
+    return JSONResponse(busy.body(), status_code=busy.status_code, headers=busy.headers)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """The client closed the connection mid-request (an aborted upload): nobody to answer."""
+    log.info("client disconnected before its request was read")
+    return Response(status_code=400)
+
+
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -130,6 +154,18 @@ async def drain_publisher(publisher: ThreadPoolExecutor) -> None:
         log.warning("new jobs still unpublished after %.0f s; the reaper will", PUBLISH_DRAIN_S)
 
 
+async def sweep_stale_parts(storage: Storage) -> None:
+    """Remove what killed uploads left, now and every SWEEP_INTERVAL_S, until cancelled."""
+    while True:
+        try:
+            removed = await run_in_threadpool(storage.remove_stale_parts, STALE_PART_S)
+            if removed:
+                log.info("removed %d temp files of abandoned uploads", len(removed))
+        except OSError:
+            log.warning("sweeping abandoned uploads failed", exc_info=True)
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
 def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = None) -> FastAPI:
     """Build the API; `enqueuer` is the seam tests swap for a recording fake."""
     settings = settings or get_settings()
@@ -138,7 +174,9 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_migrations_on_start:
             upgrade_head(settings.resolved_database_url())
+        sweeper = asyncio.create_task(sweep_stale_parts(app.state.storage))
         yield
+        sweeper.cancel()
         await drain_publisher(app.state.publisher)
         app.state.engine.dispose()
         await app.state.async_engine.dispose()
@@ -149,8 +187,10 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
         description="QLoRA fine-tuning with an OpenAI-compatible API.",
         lifespan=lifespan,
     )
-    engine = make_engine(settings.resolved_database_url())
-    async_engine = make_async_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), lock_timeout_s=settings.lock_timeout_s)
+    async_engine = make_async_engine(
+        settings.resolved_database_url(), lock_timeout_s=settings.lock_timeout_s
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
@@ -164,10 +204,14 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.state.publisher = ThreadPoolExecutor(1, thread_name_prefix="publish")
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
+    app.add_exception_handler(sa_exc.OperationalError, _database_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ControlCharacterGuard)
     for module in (health, files, jobs, estimates, exports, models, web):

@@ -43,15 +43,17 @@ async def get_settings_dep(request: Request) -> Settings:
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """A session for the request; it connects on first use, in whichever thread runs that."""
+    """A session for the request; it connects on first use, in whichever thread runs that.
+
+    It is closed on the event loop, without waiting for a thread: a transaction left open
+    (the handler raised) may hold a row lock, and other requests may be waiting for that
+    lock in every thread of the pool. Its rollback is one short round trip.
+    """
     session: Session = request.app.state.session_factory()
     try:
         yield session
     finally:
-        if session.in_transaction():
-            await run_in_threadpool(session.close)  # rolls back and returns the connection
-        else:
-            session.close()
+        session.close()
 
 
 def read_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
@@ -107,7 +109,8 @@ class ApiKeyAuth(SecurityBase):
     One dependency that is also the OpenAPI security scheme (an HTTP bearer), rather than
     HTTPBearer plus a dependency on it: FastAPI resolves each dependency of a route on every
     request, through machinery of its own. A cached key needs no session; a key not in the
-    cache is looked up in a session of its own, in the thread pool.
+    cache is looked up in a session of its own, in the thread pool, once for all the
+    requests that carry it at that moment.
     """
 
     def __init__(self) -> None:
@@ -120,13 +123,12 @@ class ApiKeyAuth(SecurityBase):
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         cache: KeyCache = request.app.state.key_cache
         digest = hash_key(key)
-        principal = cache.get(digest)
+        factory = request.app.state.session_factory
+        principal = await cache.get_or_look_up(
+            digest, lambda: run_in_threadpool(look_up_key, factory, key)
+        )
         if principal is None:
-            factory = request.app.state.session_factory
-            principal = await run_in_threadpool(look_up_key, factory, key)
-            if principal is None:
-                raise Unauthenticated("invalid or revoked API key")
-            cache.put(digest, principal)
+            raise Unauthenticated("invalid or revoked API key")
         limiter: RateLimiter = request.app.state.rate_limiter
         limiter.take(principal.key_id)
         return principal.organization_id

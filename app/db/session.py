@@ -40,6 +40,8 @@ PING_AFTER_IDLE_S = 1.0
 # concurrency opens and closes a connection per request.
 POOL_SIZE = 20
 POOL_OVERFLOW = 20
+# How long a request waits for a pooled connection before it is answered 503 (Retry-After).
+POOL_TIMEOUT_S = 10.0
 # The isolation level of a connection left as the driver opens it.
 DEFAULT_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
 
@@ -59,37 +61,53 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def _pool(lock_timeout_s: float | None) -> dict[str, Any]:
+    """Pool arguments, and PostgreSQL's lock_timeout when one is given (the API's: a request
+    waiting for a row lock longer than that is answered 503 rather than held)."""
+    pool: dict[str, Any] = {
+        "pool_size": POOL_SIZE,
+        "max_overflow": POOL_OVERFLOW,
+        "pool_timeout": POOL_TIMEOUT_S,
+    }
+    if lock_timeout_s is not None:
+        pool["connect_args"] = {"options": f"-c lock_timeout={int(lock_timeout_s * 1000)}"}
+    return pool
+
+
+def make_engine(url: str, *, lock_timeout_s: float | None = None) -> Engine:
     """An engine for `url`; for SQLite, the parent folder is created and WAL switched on."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_serializer=dump_json,
+            # An in-memory database lives in one connection per thread: no pool to size.
+            **(_pool(None) if on_disk else {}),
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(
-        url, json_serializer=dump_json, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
-    )
+    engine = create_engine(url, json_serializer=dump_json, **_pool(lock_timeout_s))
     _ping_idle_connections(engine)
     return engine
 
 
-def make_async_engine(url: str) -> AsyncEngine:
+def make_async_engine(url: str, *, lock_timeout_s: float | None = None) -> AsyncEngine:
     """An asynchronous engine on the same database as `url`, for the API's event loop; its
     statements autocommit (the busiest routes only read) unless run `in_transactions`."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         # make_engine has created the folder; this engine never creates the database.
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
         engine = create_async_engine(
             parsed.set(drivername="sqlite+aiosqlite"),
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_serializer=dump_json,
             isolation_level="AUTOCOMMIT",
+            **(_pool(None) if on_disk else {}),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -99,12 +117,24 @@ def make_async_engine(url: str) -> AsyncEngine:
         # the stdlib's time. PostgreSQL's json holds no NaN, which orjson would refuse.
         json_serializer=dump_json,
         json_deserializer=orjson.loads,
-        pool_size=POOL_SIZE,
-        max_overflow=POOL_OVERFLOW,
         isolation_level="AUTOCOMMIT",
+        **_pool(lock_timeout_s),
     )
     _ping_idle_connections(engine.sync_engine)
     return engine
+
+
+def is_contention(error: Exception) -> bool:
+    """Whether `error` is the database being busy rather than broken: no pooled connection
+    free in time, a row lock not granted within lock_timeout (SQLSTATE 55P03), or SQLite's
+    write lock not granted within its busy timeout. Retrying shortly can succeed."""
+    if isinstance(error, exc.TimeoutError):
+        return True
+    if not isinstance(error, exc.OperationalError):
+        return False
+    if getattr(error.orig, "sqlstate", None) == "55P03":
+        return True
+    return "database is locked" in str(error.orig)
 
 
 def in_transactions(engine: AsyncEngine) -> AsyncEngine:

@@ -6,10 +6,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.datasets import validate_stream
+from app.datasets import ValidationReport, validate_stream
 from app.db.base import new_id
 from app.db.models import File
 from app.errors import DatasetInvalid, FileNotFound, InvalidRequest
@@ -36,7 +36,7 @@ def check_purpose(purpose: str | None) -> str:
 
 
 def store_upload(
-    session: Session,
+    factory: sessionmaker[Session],
     storage: Storage,
     settings: Settings,
     *,
@@ -46,33 +46,16 @@ def store_upload(
 ) -> File:
     """Validate the uploaded bytes at `temp_path`; keep them and record the file, or refuse.
 
-    A refused file leaves nothing behind: the caller deletes `temp_path` in every case.
+    A refused file leaves nothing behind: the caller deletes `temp_path` in every case. The
+    bytes are stored before the organization is locked for the quota check, so the lock is
+    held for one INSERT and its commit, never for a copy to a bucket.
     """
     purpose = check_purpose(upload.fields.get("purpose"))
     if upload.filename is None:
         raise InvalidRequest(
             "no file part named 'file' in the form", param="file", code="missing_file"
         )
-    with temp_path.open("rb") as stream:
-        report = validate_stream(
-            stream,
-            max_line_bytes=settings.max_line_bytes,
-            min_examples=settings.min_training_examples,
-        )
-    if not report.ok:
-        first = report.problems[0]
-        where = f"line {first.line}" if first.line else "file"
-        more = report.problem_count - 1
-        raise DatasetInvalid(
-            f"{where}, {first.field}: {first.message}" + (f" (and {more} more)" if more else ""),
-            param="file",
-            code=first.code,
-            extra={
-                "problems": [asdict(problem) for problem in report.problems],
-                "problem_count": report.problem_count,
-            },
-        )
-    check_storage(session, settings, organization_id, upload.bytes)
+    report = _validate(settings, temp_path)
     file_id = new_id("file")
     key = storage_key(organization_id, file_id)
     storage.commit(temp_path, key)
@@ -86,13 +69,41 @@ def store_upload(
         storage_key=key,
         stats=asdict(report.stats),
     )
-    session.add(record)
-    try:
-        session.commit()
-    except BaseException:
-        storage.delete(key)
-        raise
+    # Closing the session rolls back in this same thread, whatever is raised.
+    with factory() as session:
+        try:
+            check_storage(session, settings, organization_id, upload.bytes)
+            session.add(record)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            storage.delete(key)
+            raise
     return record
+
+
+def _validate(settings: Settings, path: Path) -> ValidationReport:
+    """The dataset's report, or DatasetInvalid naming the first problem (and the rest)."""
+    with path.open("rb") as stream:
+        report = validate_stream(
+            stream,
+            max_line_bytes=settings.max_line_bytes,
+            min_examples=settings.min_training_examples,
+        )
+    if report.ok:
+        return report
+    first = report.problems[0]
+    where = f"line {first.line}" if first.line else "file"
+    more = report.problem_count - 1
+    raise DatasetInvalid(
+        f"{where}, {first.field}: {first.message}" + (f" (and {more} more)" if more else ""),
+        param="file",
+        code=first.code,
+        extra={
+            "problems": [asdict(problem) for problem in report.problems],
+            "problem_count": report.problem_count,
+        },
+    )
 
 
 def get_file(session: Session, organization_id: str, file_id: str) -> File:

@@ -1,9 +1,12 @@
 """Per-organization quotas: jobs queued or running at once, stored bytes, number of files.
 
 Checked when something would grow: creating or resuming a job, before an upload is read and
-again before it is kept. On PostgreSQL the organization's row is locked for the check, so two
-requests at once cannot both take the last slot; SQLite runs one writer at a time anyway,
-which narrows the window to the moment between the check and the commit.
+again before it is kept. The binding checks lock the organization's row (on PostgreSQL), so
+two requests at once cannot both take the last slot; SQLite runs one writer at a time anyway,
+which narrows the window to the moment between the check and the commit. The lock is taken
+in the transaction that then records the job or file and commits, all in one call: a lock
+held across an await or a hop to another thread would wait for that thread while the
+requests queued behind the lock hold every thread (the upload convoy of issue 17).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -58,10 +61,10 @@ def active_jobs(session: Session, organization_id: str) -> int:
     return int(session.connection().execute(_active_jobs_count(), params).scalar() or 0)
 
 
-def stored_files(session: Session, organization_id: str) -> tuple[int, int]:
+def stored_files(connection: Connection, organization_id: str) -> tuple[int, int]:
     """(number of files, their bytes) kept for the organization."""
     params = {"organization_id": organization_id}
-    count, total = session.connection().execute(_stored_files_totals(), params).one()
+    count, total = connection.execute(_stored_files_totals(), params).one()
     return int(count), int(total)
 
 
@@ -83,11 +86,21 @@ def check_job_slot(session: Session, settings: Settings, organization_id: str) -
 def check_storage(
     session: Session, settings: Settings, organization_id: str, incoming_bytes: int
 ) -> None:
-    """Room for one more file of `incoming_bytes`, or 429 naming the quota it would pass."""
+    """Room for one more file of `incoming_bytes`, or 429 naming the quota it would pass; the
+    organization stays locked until the caller's transaction ends."""
     if settings.max_files <= 0 and settings.max_stored_bytes <= 0:
         return
     _lock_organization(session, organization_id)
-    count, total = stored_files(session, organization_id)
+    check_storage_room(session.connection(), settings, organization_id, incoming_bytes)
+
+
+def check_storage_room(
+    connection: Connection, settings: Settings, organization_id: str, incoming_bytes: int
+) -> None:
+    """check_storage without the lock: an early answer, which the locked check confirms."""
+    if settings.max_files <= 0 and settings.max_stored_bytes <= 0:
+        return
+    count, total = stored_files(connection, organization_id)
     if 0 < settings.max_files <= count:
         raise QuotaExceeded(
             f"this organization keeps {count} files, the most allowed; delete some first",

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.storage.base import KEY_PATTERN, Storage, StoredObject, check_key
+from app.storage.base import KEY_PATTERN, Storage, StoredObject, check_key, is_disk_full
 from app.storage.local import LocalStorage
 
 if TYPE_CHECKING:
     from app.config import Settings
 
-__all__ = ["KEY_PATTERN", "LocalStorage", "Storage", "StoredObject", "build_storage", "check_key"]
+__all__ = [
+    "KEY_PATTERN",
+    "LocalStorage",
+    "Storage",
+    "StoredObject",
+    "build_storage",
+    "check_key",
+    "is_disk_full",
+]
 
 
 def build_storage(settings: Settings) -> Storage:

@@ -7,9 +7,11 @@ raise FileNotFoundError on every backend.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,39 @@ def check_key(key: str) -> str:
 def is_hidden(relative: str) -> bool:
     """Dot names are temp files of writes in progress (`.x.part`, `.step-5-...` staging)."""
     return any(part.startswith(".") for part in relative.split("/"))
+
+
+# A write that failed for want of space (a full disk, or the user's disk quota).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is a write refused for want of space."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def remove_stale_parts(directory: Path, idle_s: float) -> list[Path]:
+    """Delete the temp files of writes (`.*.part`, or `*.part` in a staging folder) below
+    `directory` that nothing has written to for `idle_s`: what a killed process left."""
+    removed = []
+    cutoff = time.time() - idle_s
+    for root, _dirs, files in os.walk(directory, followlinks=False):
+        for name in files:
+            if not name.endswith(".part"):
+                continue
+            path = Path(root) / name
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue  # committed or removed meanwhile
+    return removed
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,10 @@ class Storage(Protocol):
 
     def put_file(self, source: Path, key: str) -> None:
         """Copy a local file in as `key`; `source` stays."""
+        ...
+
+    def remove_stale_parts(self, idle_s: float) -> list[Path]:
+        """Delete the temp files of writes untouched for `idle_s` (killed uploads)."""
         ...
 
     def open(self, key: str) -> BinaryIO:

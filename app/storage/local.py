@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app.storage.base import CHUNK_BYTES, StoredObject, check_key, push_files, walk_files
+from app.storage.base import (
+    CHUNK_BYTES,
+    StoredObject,
+    check_key,
+    push_files,
+    remove_stale_parts,
+    walk_files,
+)
 
 
 class LocalStorage:
@@ -42,6 +49,9 @@ class LocalStorage:
             self.commit(temp, key)
         finally:
             temp.unlink(missing_ok=True)
+
+    def remove_stale_parts(self, idle_s: float) -> list[Path]:
+        return remove_stale_parts(self.root, idle_s)
 
     def open(self, key: str) -> BinaryIO:
         return self.path(key).open("rb")

@@ -21,6 +21,7 @@ from app.storage.base import (
     is_hidden,
     local_files,
     push_files,
+    remove_stale_parts,
 )
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ class S3Storage:
 
     def put_file(self, source: Path, key: str) -> None:
         self.client.upload_file(str(source), self.bucket, self.name(key))
+
+    def remove_stale_parts(self, idle_s: float) -> list[Path]:
+        """Only the local scratch has temp files: the bucket receives whole objects."""
+        return remove_stale_parts(self.cache_dir, idle_s)
 
     def _get(self, key: str, **ranged: str) -> Any:
         try:

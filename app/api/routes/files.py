@@ -14,16 +14,20 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
+    read_engine,
+    read_sessions,
 )
 from app.api.object_response import stored_response
 from app.api.presenters import file_public
 from app.api.routes import ERROR_RESPONSES
-from app.errors import PayloadTooLarge
+from app.api.upload_slots import UploadSlots
+from app.errors import InsufficientStorage, PayloadTooLarge
 from app.schemas.common import DeletedObject, ListPage
 from app.schemas.files import FilePublic, FilePurpose
 from app.services import files as file_service
-from app.services.quotas import check_storage
+from app.services.quotas import check_storage_room
 from app.services.uploads import ENVELOPE_ALLOWANCE, receive_upload
+from app.storage import is_disk_full
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
 
@@ -48,7 +52,6 @@ UPLOAD_BODY = {
 async def create_file(
     request: Request,
     organization_id: CurrentOrgDep,
-    session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> FilePublic:
@@ -62,41 +65,54 @@ async def create_file(
         raise PayloadTooLarge(
             f"the upload is over the {settings.max_upload_bytes} byte limit", param="file"
         )
-    # Full already? Say so before reading the body (it is checked again before it is kept).
-    await run_in_threadpool(check_storage, session, settings, organization_id, 0)
-    # The key is checked; a slow body must not hold a pooled connection while it trickles in.
-    await run_in_threadpool(session.close)
-    temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
-    try:
-        upload = await receive_upload(
-            request.stream(), request.headers.get("content-type"), temp, settings.max_upload_bytes
-        )
-        record = await run_in_threadpool(
-            file_service.store_upload,
-            session,
-            storage,
-            settings,
-            organization_id=organization_id,
-            upload=upload,
-            temp_path=temp,
-        )
-    finally:
-        temp.unlink(missing_ok=True)
+    upload_slots: UploadSlots = request.app.state.upload_slots
+    with upload_slots.slot(organization_id):
+        # Full already? Say so before reading the body. This read takes no lock: the check
+        # that binds runs again, locked, where the file is recorded.
+        async with read_engine(request).connect() as connection:
+            await connection.run_sync(check_storage_room, settings, organization_id, 0)
+        temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
+        try:
+            upload = await receive_upload(
+                request.stream(),
+                request.headers.get("content-type"),
+                temp,
+                settings.max_upload_bytes,
+            )
+            record = await run_in_threadpool(
+                file_service.store_upload,
+                request.app.state.session_factory,
+                storage,
+                settings,
+                organization_id=organization_id,
+                upload=upload,
+                temp_path=temp,
+            )
+        except OSError as error:
+            if is_disk_full(error):
+                raise InsufficientStorage(
+                    "the server's disk is full; nothing was kept. Try again later",
+                    param="file",
+                ) from error
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
     return file_public(record)
 
 
 @router.get("")
-def read_files(
-    session: SessionDep,
+async def read_files(
+    request: Request,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
     purpose: FilePurpose | None = None,
 ) -> ListPage[FilePublic]:
     """The organization's files, newest first."""
-    rows, has_more = file_service.list_files(
-        session, organization_id, after=after, limit=limit, purpose=purpose
-    )
+    async with read_sessions(request)() as session:
+        rows, has_more = await session.run_sync(
+            file_service.list_files, organization_id, after=after, limit=limit, purpose=purpose
+        )
     return ListPage[FilePublic].of([file_public(r) for r in rows], has_more)
 
 
