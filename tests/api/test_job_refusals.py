@@ -1,5 +1,5 @@
 """Jobs refused at creation, before a worker loads anything: LoRA targets the model does not
-have."""
+have, and jobs larger than any worker's memory."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from tests.conftest import RecordingEnqueuer, create_job
 from tests.factories import Tenant
+
+GiB = 1 << 30
+# A batch no machine holds: hundreds of GiB of logits and activations even for the tiny model.
+HUGE = {
+    "method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 256}}},
+    "training": {"max_seq_length": 131_072, "gradient_checkpointing": False},
+}
 
 
 def mistral_config(directory: Path) -> Path:
@@ -98,3 +105,38 @@ def test_an_estimate_names_an_unknown_target_module_too(
     response = client.post("/v1/fine_tuning/estimates", headers=tenant_a.headers, json=body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unknown_target_module"
+
+
+def test_a_job_larger_than_the_workers_memory_is_refused(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    settings: Settings,
+    enqueuer: RecordingEnqueuer,
+):
+    settings.worker_memory_bytes = 16 * GiB
+    response = create_job(client, tenant_a, training_file, **HUGE)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    assert "the workers have 16.00 GiB" in error["message"]
+    assert enqueuer.sent == []
+
+
+def test_a_job_within_the_workers_memory_goes_to_the_training_queue(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    settings: Settings,
+    enqueuer: RecordingEnqueuer,
+):
+    settings.worker_memory_bytes = 16 * GiB
+    assert create_job(client, tenant_a, training_file).status_code == 200
+    assert enqueuer.sent[-1].queue == settings.job_queue
+
+
+def test_without_any_memory_setting_the_api_cannot_know_and_accepts(
+    client: TestClient, tenant_a: Tenant, training_file: str, settings: Settings
+):
+    assert settings.worker_memory_bytes is None and not settings.queue_memory
+    assert create_job(client, tenant_a, training_file, **HUGE).status_code == 200
