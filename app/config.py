@@ -101,13 +101,17 @@ class Settings(BaseSettings):
     queue_memory: dict[str, int] = Field(
         default_factory=dict,
         description=(
-            "GPU classes, JSON `{queue: device bytes}`: a job goes to the smallest queue it fits; "
-            "one that fits none is refused"
+            "GPU classes, JSON `{queue: device bytes}`, the same on the API and the workers: a "
+            "job goes to the smallest queue it fits; one that fits none is refused"
         ),
     )
     worker_memory_bytes: int | None = Field(
         None,
-        description=("A worker's device memory; detected on CUDA when unset, unlimited on the CPU"),
+        description=(
+            "Memory a worker has for a job (a larger job stays queued for a larger worker); "
+            "unset: the GPU's, or on the CPU the RAM available when it first looks. On the API "
+            "without GPU classes, larger jobs are refused; `loraforge serve` measures it itself"
+        ),
     )
     lease_seconds: float = Field(
         120.0, description=("A running job's lease; the reaper re-queues the job when it expires")

@@ -98,6 +98,26 @@ class InvalidExportState(ApiError):
     code = "invalid_export_state"
 
 
+class InvalidRange(ApiError):
+    """A Range header that is not `bytes=first-last`, `bytes=first-` or `bytes=-suffix`."""
+
+    code = "invalid_range"
+
+
+class RangeNotSatisfiable(ApiError):
+    """A Range that starts past the end of the object; Content-Range gives its size."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the requested range starts past the end of the content ({size} bytes)",
+            param="Range",
+            headers={"content-range": f"bytes */{size}"},
+        )
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "file_too_large"

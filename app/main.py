@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     return app
 
 
-def create_served_app() -> FastAPI:
+def create_served_app(settings: Settings | None = None) -> FastAPI:
     """The app as `loraforge api` and `serve` run it: built, then its heap frozen for the GC.
 
     Everything alive once the app is built (modules, routes, schemas: hundreds of thousands
@@ -227,7 +227,7 @@ def create_served_app() -> FastAPI:
     collection would walk all of them: a pause of tens of milliseconds under load, enough to
     set the API's p99 latency. Frozen, they are never scanned; what requests allocate still is.
     """
-    app = create_app()
+    app = create_app(settings)
     gc.collect()
     gc.freeze()
     return app

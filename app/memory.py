@@ -51,6 +51,11 @@ LOGIT_BYTES = 14
 # without checkpointing (so not per block): counted here as 19 more bytes per logit.
 LOGIT_BYTES_8BIT = 33
 
+# What a user can change to need less; said when a job is refused or runs out of memory.
+MEMORY_ADVICE = (
+    "Lower batch_size or max_seq_length, enable gradient_checkpointing, or use 4-bit quantization"
+)
+
 LLAMA_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

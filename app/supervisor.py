@@ -2,7 +2,9 @@
 
 Migrations, a first API key, the API in this process and Celery worker subprocesses that
 are restarted when they die. SQLite and the SQLite broker in the data dir by default: no
-Redis, no Postgres. Ctrl-C (or SIGTERM) stops the API, then the workers.
+Redis, no Postgres. Ctrl-C (or SIGTERM) stops the API, then the workers. The workers'
+memory is measured once at start and given to the API too, which then refuses the jobs
+they could not hold.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
@@ -26,6 +29,8 @@ from app.services.keys import create_key, get_or_create_organization
 log = logging.getLogger("loraforge.serve")
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+# The memory probe imports torch (seconds) and may initialize CUDA.
+MEMORY_PROBE_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 # Open event streams end on shutdown after this long instead of holding the process.
 SHUTDOWN_GRACE_S = 5
@@ -38,6 +43,24 @@ def first_key(settings: Settings) -> str | None:
         if session.scalar(select(func.count()).select_from(ApiKey)):
             return None
         return create_key(session, get_or_create_organization(session, "default"), "first").key
+
+
+def embedded_worker_memory(settings: Settings) -> int | None:
+    """What this machine's workers can hold: the setting, or what a worker process detects
+    (the GPU's memory, or the RAM available now); None when it cannot tell."""
+    if settings.worker_memory_bytes is not None:
+        return settings.worker_memory_bytes
+    # A subprocess: this process is the API, which never imports torch.
+    command = [sys.executable, "-m", "worker.device_memory"]
+    try:
+        ran = subprocess.run(
+            command, capture_output=True, text=True, timeout=MEMORY_PROBE_TIMEOUT_S, check=True
+        )
+        printed = ran.stdout.split()[-1:]  # the number is the last thing printed
+        return int(printed[0]) if printed else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        log.warning("could not measure the workers' memory; jobs are not refused by size")
+        return None
 
 
 class WorkerSupervisor:
@@ -103,10 +126,14 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from app.api.server_options import HTTP_OPTIONS
+    from app.main import create_served_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_head(settings.resolved_database_url())
-    key = first_key(settings)
+    with ThreadPoolExecutor(1) as probe:  # measured while the migrations run
+        worker_memory = probe.submit(embedded_worker_memory, settings)
+        upgrade_head(settings.resolved_database_url())
+        key = first_key(settings)
+        settings = settings.model_copy(update={"worker_memory_bytes": worker_memory.result()})
     if key is not None:
         print(
             f"First start: created an API key for organization 'default' (shown once):\n"
@@ -119,12 +146,13 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         "LORAFORGE_DATABASE_URL": settings.resolved_database_url(),
         "LORAFORGE_BROKER_URL": settings.resolved_broker_url(),
     }
+    if settings.worker_memory_bytes is not None:
+        env["LORAFORGE_WORKER_MEMORY_BYTES"] = str(settings.worker_memory_bytes)
     supervisor = WorkerSupervisor(workers, env)
     supervisor.start()
     try:
         config = uvicorn.Config(
-            "app.main:create_served_app",
-            factory=True,
+            create_served_app(settings),
             host=host,
             port=port,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,

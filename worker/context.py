@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings, get_settings
 from app.db.session import make_engine, make_session_factory
 from app.storage import Storage, build_storage
+from worker.device_memory import device_memory_bytes
 from worker.lifecycle import worker_identity
 
 if TYPE_CHECKING:
@@ -42,14 +43,10 @@ class WorkerContext:
 
     @cached_property
     def device_memory_bytes(self) -> int | None:
-        """This worker's accelerator memory; None (no limit) on the CPU."""
-        if self.settings.worker_memory_bytes is not None:
-            return self.settings.worker_memory_bytes
-        import torch
-
-        if torch.cuda.is_available():
-            return int(torch.cuda.get_device_properties(0).total_memory)
-        return None
+        """What a job may use here: the setting, the GPU's memory or, on the CPU, the RAM
+        available at the first job (measured once: memory a finished job freed may stay with
+        this process, and would not look available afterwards)."""
+        return device_memory_bytes(self.settings)
 
 
 _context: WorkerContext | None = None

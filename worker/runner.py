@@ -22,6 +22,15 @@ from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name, organization_name
 from app.services.transitions import compare_and_set
 from worker.context import WorkerContext
+from worker.failures import (
+    UserError,
+    disk_full_error,
+    exhausted_memory,
+    free_disk_bytes,
+    is_disk_full,
+    out_of_memory_error,
+    user_error,
+)
 from worker.lifecycle import Claim, Heartbeat, claim, finish
 from worker.workspace import JobWorkspace
 
@@ -327,7 +336,7 @@ class JobRunner:
         return record
 
     def _fail_from(self, exc: Exception) -> str | None:
-        error = user_error(exc)
+        error = user_error(exc) or self._resource_error(exc)
         if error is None:
             log.exception("job %s failed with an internal error", self.job_id)
             error = {
@@ -344,25 +353,25 @@ class JobRunner:
             session.commit()
             return "failed"
 
+    def _resource_error(self, exc: Exception) -> dict[str, Any] | None:
+        """Disk or memory this worker ran out of, named for the user and logged for us."""
+        if is_disk_full(exc):
+            error = disk_full_error(free_disk_bytes(self.workspace.output_dir))
+        elif (memory := exhausted_memory(exc)) is not None:
+            error = out_of_memory_error(memory, self._estimated_bytes())
+        else:
+            return None
+        log.warning("job %s failed: %s", self.job_id, error["message"], exc_info=exc)
+        return error
 
-class UserError(Exception):
-    """A failure the user can act on, found by the runner itself (not the engine)."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
-
-
-def user_error(exc: Exception) -> dict[str, Any] | None:
-    """The job error for failures the user caused; None for our bugs."""
-    from app.datasets import DatasetError
-    from worker.training.errors import TrainingInputError
-
-    if isinstance(exc, TrainingInputError | UserError):
-        return {"code": exc.code, "message": exc.message, "param": exc.param}
-    if isinstance(exc, DatasetError):
-        return {"code": "invalid_training_file", "message": str(exc), "param": "training_file"}
-    return None
+    def _estimated_bytes(self) -> int | None:
+        """The job's memory estimate, as the API made it; None when the shape is unknown."""
+        with self.context.session_factory() as session:
+            spec = session.scalar(select(Job.spec).where(Job.id == self.job_id))
+        try:
+            return estimated_bytes(self.settings, ResolvedSpec.model_validate(spec))
+        except (KeyError, ValueError):  # a model since removed from the catalog, an old spec
+            return None
 
 
 def _seconds(value: float) -> Any:

@@ -1,5 +1,6 @@
 """Downloads of stored objects: a file on disk goes out as a FileResponse, an object in a
-bucket is streamed from it; both answer a single byte range (206), 416 past the end."""
+bucket is streamed from it; both answer a single byte range (206), 416 past the end, and
+their Range errors in the JSON envelope like every other error."""
 
 from __future__ import annotations
 
@@ -8,42 +9,36 @@ from urllib.parse import quote
 
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import Headers
-from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import FileResponse, MalformedRangeHeader, StreamingResponse
+from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
+from app.errors import InvalidRange, RangeNotSatisfiable
 from app.storage import Storage, StoredObject
-
-
-class MalformedRange(ValueError):
-    """A Range header that is not `bytes=first-last`, `bytes=first-` or `bytes=-suffix`."""
-
-
-class RangeNotSatisfiable(ValueError):
-    """A range that starts past the end of the object."""
 
 
 def parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
     """[start, end) pairs of a `Range: bytes=...` header for an object of `size` bytes."""
     units, _, spec = header.partition("=")
     if units.strip().lower() != "bytes":
-        raise MalformedRange("only byte ranges are supported")
+        raise InvalidRange("only byte ranges are supported", param="Range")
     ranges = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         first, dash, last = (s.strip() for s in part.partition("-"))
         if not dash or not (first or last):
-            raise MalformedRange(f"malformed range {part!r}")
+            raise InvalidRange(f"malformed range {part!r}", param="Range")
         try:
             if not first:
                 start, end = max(0, size - int(last)), size
             else:
                 start, end = int(first), size if not last else min(int(last) + 1, size)
                 if last and int(last) < start:
-                    raise MalformedRange(f"range {part!r} ends before it starts")
+                    raise InvalidRange(f"range {part!r} ends before it starts", param="Range")
         except ValueError as exc:
-            raise MalformedRange(f"malformed range {part!r}") from exc
+            raise InvalidRange(f"malformed range {part!r}", param="Range") from exc
         ranges.append((start, end))
     if not ranges:
-        raise MalformedRange("no range requested")
+        raise InvalidRange("no range requested", param="Range")
     if any(start >= size for start, _end in ranges):
         raise RangeNotSatisfiable(size)
     return ranges
@@ -74,14 +69,8 @@ class ObjectResponse(StreamingResponse):
         start, end = 0, self.found.size
         headers = Headers(scope=scope)
         if self._range_applies(scope, headers):
-            try:
-                ranges = parse_ranges(headers["range"], self.found.size)
-            except MalformedRange as exc:
-                return await PlainTextResponse(str(exc), status_code=400)(scope, receive, send)
-            except RangeNotSatisfiable:
-                unsatisfiable = {"content-range": f"bytes */{self.found.size}"}
-                response = PlainTextResponse("", status_code=416, headers=unsatisfiable)
-                return await response(scope, receive, send)
+            # Raised before anything is sent: the app's error handler answers.
+            ranges = parse_ranges(headers["range"], self.found.size)
             if len(ranges) == 1:
                 (start, end), self.status_code = ranges[0], 206
                 self.headers["content-range"] = f"bytes {start}-{end - 1}/{self.found.size}"
@@ -89,6 +78,21 @@ class ObjectResponse(StreamingResponse):
         chunks = self.storage.iter_bytes(self.found.key, start, end)
         self.body_iterator = iterate_in_threadpool(chunks)
         await super().__call__(scope, receive, send)
+
+
+class LocalFileResponse(FileResponse):
+    """A FileResponse whose Range errors are our errors (the JSON envelope), not plain text."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        # Starlette answers these two itself, in plain text; raised as ours, they reach the
+        # app's error handler (nothing has been sent yet).
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as exc:
+            raise InvalidRange(exc.content or "malformed Range header", param="Range") from exc
+        except StarletteRangeNotSatisfiable as exc:
+            raise RangeNotSatisfiable(exc.max_size) from exc
 
 
 def content_disposition(filename: str) -> str:
@@ -101,11 +105,11 @@ def content_disposition(filename: str) -> str:
 
 def stored_response(
     storage: Storage, key: str, *, media_type: str, filename: str
-) -> FileResponse | ObjectResponse:
+) -> LocalFileResponse | ObjectResponse:
     """The object at `key` as a download; FileNotFoundError when it is gone."""
     path = storage.local_path(key)
     if path is not None:
-        return FileResponse(path, media_type=media_type, filename=filename)
+        return LocalFileResponse(path, media_type=media_type, filename=filename)
     found = storage.stat(key)
     if found is None:
         raise FileNotFoundError(key)

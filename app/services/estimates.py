@@ -10,8 +10,9 @@ from app.memory import estimate_memory, lora_param_count
 from app.schemas.estimates import EstimatePublic, MemoryBreakdown
 from app.schemas.jobs import JobCreate, JobError
 from app.schemas.spec import ResolvedSpec
-from app.services.capacity import model_shape, route
+from app.services.capacity import route
 from app.services.jobs import resolve_request
+from app.services.model_configs import model_shape
 
 
 def memory_breakdown(settings: Settings, spec: ResolvedSpec) -> MemoryBreakdown | None:

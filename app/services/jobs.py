@@ -30,6 +30,7 @@ from app.schemas.jobs import JobCreate
 from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
+from app.services.model_configs import check_target_modules
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
@@ -92,8 +93,10 @@ def _replay(session: Session, organization_id: str, key: str, body: JobCreate) -
 def resolve_request(
     session: Session, settings: Settings, organization_id: str, body: JobCreate
 ) -> ResolvedSpec:
-    """Check the model and the tenant's files, then fill in every "auto" (creates nothing)."""
-    if body.model not in settings.catalog():
+    """Check the model, the tenant's files and the LoRA targets, then fill in every "auto"
+    (creates nothing)."""
+    entry = settings.catalog().get(body.model)
+    if entry is None:
         raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
     if body.validation_file is not None:
@@ -102,7 +105,7 @@ def resolve_request(
         hyperparameters = body.requested_hyperparameters()
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="hyperparameters") from exc
-    return resolve_spec(
+    spec = resolve_spec(
         model=body.model,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         n_train_examples=int(training.stats.get("examples", 0)),
@@ -111,6 +114,8 @@ def resolve_request(
         quantization=body.quantization,
         training=body.training,
     )
+    check_target_modules(entry, spec.lora.target_modules)
+    return spec
 
 
 def _new_job(session: Session, settings: Settings, organization_id: str, body: JobCreate) -> Job:

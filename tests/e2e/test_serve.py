@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.stacks import FAST_RECOVERY
+from tests.e2e.stacks import FAST_RECOVERY, hello_dataset, upload
 from tests.live import children, free_port, serve_process, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -78,6 +78,40 @@ def test_first_key_is_created_once(tmp_path: Path):
     with pytest.raises(RuntimeError), serve_process(env, tmp_path / "second.log", 15):
         pass  # no key is printed on the second start, so serve_process never sees one
     assert "LORAFORGE_API_KEY=" not in (tmp_path / "second.log").read_text(errors="replace")
+
+
+def test_serve_refuses_a_job_larger_than_its_machine_can_hold(tmp_path: Path):
+    env = {
+        **FAST_RECOVERY,
+        "LORAFORGE_DATA_DIR": str(tmp_path / "data"),
+        "LORAFORGE_DATABASE_URL": "",
+        "LORAFORGE_BROKER_URL": "",
+    }
+    assert "LORAFORGE_WORKER_MEMORY_BYTES" not in os.environ  # serve measures it
+    with serve_process(env, tmp_path / "serve.log") as (base_url, key, _pid):
+        client = httpx.Client(
+            base_url=f"{base_url}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        training_file = upload(client, hello_dataset())
+        body = {
+            "model": "loraforge/tiny-random-llama",
+            "training_file": training_file,
+            # About 770 GiB of activations and logits for the tiny model.
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"batch_size": 256}},
+            },
+            "training": {"max_seq_length": 131_072, "gradient_checkpointing": False},
+        }
+        refused = client.post("/fine_tuning/jobs", json=body)
+        accepted = client.post("/fine_tuning/jobs", json={**body, "method": None, "training": {}})
+        if accepted.is_success:  # the point is made; no need to train it
+            client.post(f"/fine_tuning/jobs/{accepted.json()['id']}/cancel")
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    assert "the workers have" in error["message"]
+    assert accepted.status_code == 200, accepted.text
 
 
 def _healthy(port: int) -> bool:

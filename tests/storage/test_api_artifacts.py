@@ -128,6 +128,44 @@ def test_adapter_tarball_round_trips_and_answers_ranges(
     assert current.status_code == 206 and current.content == full.content[:10]
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "code"),
+    [
+        ("bytes=999999-", 416, "range_not_satisfiable"),
+        ("bytes=9-3", 400, "invalid_range"),
+        ("items=0-1", 400, "invalid_range"),
+    ],
+)
+def test_range_errors_answer_the_json_error_envelope(
+    client: TestClient,
+    tenant_a: Tenant,
+    storage: Storage,
+    session_factory: sessionmaker[Session],
+    job_id: str,
+    tmp_path: Path,
+    header: str,
+    status: int,
+    code: str,
+):
+    store_tree(storage, tmp_path, f"jobs/{job_id}/adapter", ADAPTER_FILES)
+    set_job_status(session_factory, job_id, "succeeded")
+    size = len(client.get(adapter_url(job_id), headers=tenant_a.headers).content)
+
+    response = client.get(adapter_url(job_id), headers={**tenant_a.headers, "Range": header})
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        code,
+        "Range",
+        "invalid_request_error",
+    )
+    assert error["message"]
+    if status == 416:
+        assert response.headers["content-range"] == f"bytes */{size}"
+
+
 def test_adapter_archive_is_rebuilt_when_the_adapter_changes(
     client: TestClient,
     tenant_a: Tenant,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.api.object_response import MalformedRange, RangeNotSatisfiable, parse_ranges
+from app.api.object_response import parse_ranges
+from app.errors import InvalidRange, RangeNotSatisfiable
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_ranges_are_half_open_and_clamped_to_the_object(header: str, expected: l
     "header", ["items=0-1", "bytes=", "bytes=-", "bytes=abc-", "bytes=9-3", "bytes=5"]
 )
 def test_malformed_ranges_are_refused(header: str):
-    with pytest.raises(MalformedRange):
+    with pytest.raises(InvalidRange):
         parse_ranges(header, 1000)
 
 

@@ -50,6 +50,14 @@ def test_dashboard_page_and_assets_have_their_types_and_a_strict_policy(web: Tes
         assert asset.headers["content-type"].startswith(media_type)
 
 
+def test_a_range_past_an_asset_answers_416_in_the_json_envelope(web: TestClient):
+    size = len(web.get("/ui/app.js").content)
+    response = web.get("/ui/app.js", headers={"Range": f"bytes={size}-"})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{size}"
+    assert response.json()["error"]["code"] == "range_not_satisfiable"
+
+
 def test_every_module_the_page_imports_is_served(web: TestClient):
     scripts = sorted(path.name for path in WEB_DIR.glob("*.js"))
     assert {"app.js", "api.js", "sse.js", "chart.js"} <= set(scripts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,12 @@ from app.db.session import make_engine, make_session_factory
 from app.services.keys import get_or_create_organization
 from worker.lifecycle import claim, extend_lease, finish
 from worker.reaper import reap_once
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 @dataclass
@@ -137,9 +144,10 @@ def test_reaper_republishes_only_stale_unclaimed_jobs(
     assert fresh not in [args[0] for _, args, _ in published.sent]
 
 
-def test_a_worker_too_small_for_a_job_leaves_it_queued_for_a_larger_one(
-    factory: sessionmaker[Session], lifecycle_settings: Settings
-):
+def tiny_model_job(
+    factory: sessionmaker[Session], batch_size: int | str = "auto", **training: Any
+) -> str:
+    """A queued job on the built-in model, published once already (enqueued_at set)."""
     from app.schemas.spec import (
         Hyperparameters,
         LoraSpec,
@@ -147,30 +155,93 @@ def test_a_worker_too_small_for_a_job_leaves_it_queued_for_a_larger_one(
         TrainingSpec,
         resolve_spec,
     )
-    from app.storage import build_storage
-    from worker.context import WorkerContext
-    from worker.runner import JobRunner
 
     spec = resolve_spec(
         model="loraforge/tiny-random-llama",
         seed=1,
         n_train_examples=20,
-        hyperparameters=Hyperparameters(),
+        hyperparameters=Hyperparameters(batch_size=batch_size),
         lora=LoraSpec(),
         quantization=QuantizationSpec(),
-        training=TrainingSpec(),
+        training=TrainingSpec(**training),
     )
     job_id = queued_job(factory, enqueued_at=utcnow())
     with factory() as session:
         job = session.get_one(Job, job_id)
         job.model, job.spec = spec.model, spec.model_dump(mode="json")
         session.commit()
-    small = lifecycle_settings.model_copy(update={"worker_memory_bytes": 1 << 20})
-    context = WorkerContext(small, factory, build_storage(small), "small-worker")
-    assert JobRunner(context, job_id).run() is None
+    return job_id
+
+
+def runs_on(settings: Settings, factory: sessionmaker[Session], job_id: str) -> str | None:
+    """What a worker with these settings does with the job's message."""
+    from app.storage import build_storage
+    from worker.context import WorkerContext
+    from worker.runner import JobRunner
+
+    context = WorkerContext(settings, factory, build_storage(settings), "a-worker")
+    return JobRunner(context, job_id).run()
+
+
+def assert_left_queued_for_another_worker(factory: sessionmaker[Session], job_id: str) -> None:
     with factory() as session:
         job = session.get_one(Job, job_id)
         assert (job.status, job.attempt, job.enqueued_at) == ("queued", 0, None)
+
+
+def test_a_worker_too_small_for_a_job_leaves_it_queued_for_a_larger_one(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    job_id = tiny_model_job(factory)
+    small = lifecycle_settings.model_copy(update={"worker_memory_bytes": 1 << 20})
+    assert runs_on(small, factory, job_id) is None
+    assert_left_queued_for_another_worker(factory, job_id)
     published = Published()
     reap_once(factory, lifecycle_settings, published)
     assert published.sent == [("training.run_job", [job_id], "training")]
+
+
+def test_worker_memory_from_the_environment_leaves_a_larger_job_queued(
+    factory: sessionmaker[Session],
+    lifecycle_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("LORAFORGE_WORKER_MEMORY_BYTES", str(1 << 20))
+    from_environment = Settings(
+        data_dir=lifecycle_settings.data_dir,
+        database_url=lifecycle_settings.database_url,
+        broker_url="memory://",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    assert from_environment.worker_memory_bytes == 1 << 20
+    job_id = tiny_model_job(factory)
+    assert runs_on(from_environment, factory, job_id) is None
+    assert_left_queued_for_another_worker(factory, job_id)
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="a GPU worker measures its GPU instead")
+def test_a_cpu_worker_measures_the_ram_available_to_it(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    from app.storage import build_storage
+    from worker.context import WorkerContext
+
+    assert lifecycle_settings.worker_memory_bytes is None
+    context = WorkerContext(
+        lifecycle_settings, factory, build_storage(lifecycle_settings), "cpu-worker"
+    )
+    installed = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert context.device_memory_bytes is not None
+    assert 0 < context.device_memory_bytes <= installed
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="a GPU worker measures its GPU instead")
+def test_a_cpu_worker_leaves_a_job_larger_than_its_ram_queued(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    # About 770 GiB of activations and logits: more than this machine's RAM.
+    job_id = tiny_model_job(
+        factory, batch_size=256, max_seq_length=131_072, gradient_checkpointing=False
+    )
+    assert runs_on(lifecycle_settings, factory, job_id) is None
+    assert_left_queued_for_another_worker(factory, job_id)

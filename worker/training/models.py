@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from app.architectures import unknown_target_message, unknown_target_module
 from app.catalog import CatalogEntry
 from worker.training.builders import build_bnb_config, build_lora_config
 from worker.training.config import TrainingConfig
@@ -117,15 +118,13 @@ def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]
     linear_names = [
         name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
     ]
-    for key in target_modules:
-        if not any(name == key or name.endswith(f".{key}") for name in linear_names):
-            available = sorted({name.rsplit(".", 1)[-1] for name in linear_names})
-            raise TrainingInputError(
-                "unknown_target_module",
-                f"target module {key!r} is not a linear layer of this model; "
-                f"choose from {', '.join(available)} or use 'all-linear'",
-                "lora.target_modules",
-            )
+    unknown = unknown_target_module(target_modules, linear_names)
+    if unknown is not None:
+        raise TrainingInputError(
+            "unknown_target_module",
+            unknown_target_message(unknown, linear_names),
+            "lora.target_modules",
+        )
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:

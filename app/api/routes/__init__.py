@@ -28,7 +28,8 @@ TARBALL_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A .tar.gz, streamed (Range requests supported)",
         "content": {"application/gzip": {}},
-    }
+    },
+    416: {"model": ErrorResponse, "description": "The Range starts past the end"},
 }
 
 

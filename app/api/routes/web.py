@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 
+from app.api.object_response import LocalFileResponse
 from app.web import WEB_DIR
 
 router = APIRouter(include_in_schema=False)
@@ -41,7 +42,7 @@ def _asset(name: str) -> FileResponse:
     path = WEB_DIR / name
     if match is None or not path.is_file():
         raise HTTPException(404, f"no dashboard asset {name!r}")
-    return FileResponse(path, media_type=MEDIA_TYPES[match.group(1)], headers=SECURITY_HEADERS)
+    return LocalFileResponse(path, media_type=MEDIA_TYPES[match.group(1)], headers=SECURITY_HEADERS)
 
 
 @router.get("/")
