@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.memory import MEMORY_ADVICE
+from app.storage import is_disk_full as failed_for_space
 
 GiB = 1 << 30
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL_MARKERS = (
     # torch.save writes through a C++ stream, which drops errno: a failed write surfaces as
     # this text (the context of "[enforce fail ...] unexpected pos"), or as the second one.
@@ -66,13 +66,13 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether a write failed for want of disk space (or quota), anywhere in the chain."""
-    for error in exception_chain(exc):
-        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-            return True
-        if any(marker in str(error) for marker in DISK_FULL_MARKERS):
-            return True
-    return False
+    """Whether a write failed for want of disk space (or quota), anywhere in the chain: an
+    errno, or the text a library that dropped it left."""
+    if failed_for_space(exc):
+        return True
+    return any(
+        marker in str(error) for error in exception_chain(exc) for marker in DISK_FULL_MARKERS
+    )
 
 
 def exhausted_memory(exc: BaseException) -> Memory | None:
