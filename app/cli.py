@@ -76,11 +76,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes to supervise")] = 1,
+    inference: Annotated[
+        bool, typer.Option(help="Run an inference server for chat and completions")
+    ] = True,
 ) -> None:
-    """API plus supervised workers on one machine (SQLite and its broker by default)."""
+    """API plus supervised workers and an inference server on one machine (SQLite and its
+    broker by default)."""
     from app.supervisor import serve as run
 
-    run(get_settings(), host, port, workers)
+    run(get_settings(), host, port, workers, inference=inference)
 
 
 @cli.command()
@@ -93,6 +97,18 @@ def worker(
     from worker.main import run_worker
 
     run_worker(get_settings(), [q for q in queues.split(",") if q] or None, reaper=reaper)
+
+
+@cli.command()
+def inference(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8001,
+) -> None:
+    """The inference server: chat and completions on base models and LoRA adapters."""
+    # Generation pulls in torch: imported here, never in the API process.
+    from worker.inference.server import run_inference_server
+
+    run_inference_server(get_settings(), host, port)
 
 
 @keys_cli.command("create")

@@ -132,6 +132,46 @@ class Settings(BaseSettings):
     event_keepalive_s: float = Field(
         15.0, description=("A keep-alive comment after this long without an event")
     )
+    inference_url: str = Field(
+        "",
+        description=(
+            "The inference server (OpenAI protocol plus vLLM's adapter endpoints) for every base "
+            "model without an entry in `inference_backends`; `loraforge serve` sets it to the "
+            "one it runs; empty: chat and completions answer 503"
+        ),
+    )
+    inference_backends: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Inference servers per base model, JSON `{"base": "http://vllm:8000"}`, e.g. a vLLM '
+            "server run with `--enable-lora` and `--served-model-name base`"
+        ),
+    )
+    inference_api_key: SecretStr | None = Field(
+        None, description="Bearer key the API sends to inference servers (vLLM's `--api-key`)"
+    )
+    inference_max_tokens: int = Field(
+        2048, ge=1, description="Most tokens one chat or completion choice may generate"
+    )
+    inference_timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for an inference server's answer (or next chunk)"
+    )
+    inference_max_adapters: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Adapters `loraforge inference` keeps loaded per base model; the least recently "
+            "used idle one makes room"
+        ),
+    )
+    max_concurrent_generations: int = Field(
+        4,
+        ge=0,
+        description=(
+            "Chat and completion requests an organization may have running at once, counted in "
+            "each API process (429 with Retry-After beyond); 0: no limit"
+        ),
+    )
     run_migrations_on_start: bool = Field(
         True, description=("Apply migrations when the API starts")
     )

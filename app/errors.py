@@ -165,6 +165,17 @@ class TooManyConcurrentUploads(ApiError):
         super().__init__(message, param="file", headers={"Retry-After": str(retry_after_s)})
 
 
+class TooManyConcurrentGenerations(ApiError):
+    """One organization already has as many chat or completion requests running as it may."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "too_many_concurrent_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class QuotaExceeded(ApiError):
     """An organization's limit (jobs at once, stored bytes, files); retrying will not help
     until something is cancelled or deleted, so clients are told not to retry."""

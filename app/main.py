@@ -22,8 +22,9 @@ from starlette.requests import ClientDisconnect
 from app.api.guards import ControlCharacterGuard
 from app.api.keycache import KeyCache
 from app.api.ratelimit import RateLimiter
-from app.api.routes import estimates, exports, files, health, jobs, models, web
-from app.api.upload_slots import UploadSlots
+from app.api.routes import completions, estimates, exports, files, health, jobs, models, web
+from app.api.routes.completions import inference_client
+from app.api.slots import generation_slots, upload_slots
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_head
 from app.db.session import (
@@ -36,6 +37,7 @@ from app.db.session import (
 )
 from app.errors import ApiError, ServiceBusy
 from app.queue import CeleryEnqueuer, Enqueuer
+from app.services.inference import InferenceBackends
 from app.storage import Storage, build_storage
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,12 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
         if settings.run_migrations_on_start:
             upgrade_head(settings.resolved_database_url())
         sweeper = asyncio.create_task(sweep_stale_parts(app.state.storage))
+        # Made on the serving event loop: its connections belong to that loop.
+        client = inference_client(settings)
+        app.state.inference = InferenceBackends(settings, app.state.storage, client)
         yield
         sweeper.cancel()
+        await client.aclose()
         await drain_publisher(app.state.publisher)
         app.state.engine.dispose()
         await app.state.async_engine.dispose()
@@ -204,7 +210,8 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.state.publisher = ThreadPoolExecutor(1, thread_name_prefix="publish")
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = upload_slots(settings.max_concurrent_uploads)
+    app.state.generation_slots = generation_slots(settings.max_concurrent_generations)
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -214,7 +221,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ControlCharacterGuard)
-    for module in (health, files, jobs, estimates, exports, models, web):
+    for module in (health, files, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
     return app
 

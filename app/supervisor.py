@@ -1,10 +1,10 @@
 """`loraforge serve`: the whole service on one machine.
 
-Migrations, a first API key, the API in this process and Celery worker subprocesses that
-are restarted when they die. SQLite and the SQLite broker in the data dir by default: no
-Redis, no Postgres. Ctrl-C (or SIGTERM) stops the API, then the workers. The workers'
-memory is measured once at start and given to the API too, which then refuses the jobs
-they could not hold.
+Migrations, a first API key, the API in this process, and Celery worker subprocesses and an
+inference server subprocess (chat and completions, on loopback) that are restarted when they
+die. SQLite and the SQLite broker in the data dir by default: no Redis, no Postgres. Ctrl-C
+(or SIGTERM) stops the API, then the workers. The workers' memory is measured once at start
+and given to the API too, which then refuses the jobs they could not hold.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,20 +64,27 @@ def embedded_worker_memory(settings: Settings) -> int | None:
         return None
 
 
-class WorkerSupervisor:
-    """Keeps `count` worker processes running; restarts one that exits, with backoff."""
+WORKER_COMMAND = ("worker",)
 
-    def __init__(self, count: int, env: dict[str, str]) -> None:
+
+class WorkerSupervisor:
+    """Keeps `count` processes of a `loraforge` command running (workers by default);
+    restarts one that exits, with backoff."""
+
+    def __init__(
+        self, count: int, env: dict[str, str], command: tuple[str, ...] = WORKER_COMMAND
+    ) -> None:
         self.count = count
         self.env = env
+        self.command = command
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=self.env)
-        log.info("started worker pid %d", process.pid)
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", *self.command], env=self.env)
+        log.info("started %s pid %d", self.command[0], process.pid)
         return process
 
     def start(self) -> None:
@@ -91,7 +99,11 @@ class WorkerSupervisor:
                     continue
                 delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
                 log.warning(
-                    "worker pid %d exited with %s; restarting in %.0fs", process.pid, code, delay
+                    "%s pid %d exited with %s; restarting in %.0fs",
+                    self.command[0],
+                    process.pid,
+                    code,
+                    delay,
                 )
                 self.restarts += 1
                 if self._stopping.wait(delay):
@@ -121,8 +133,17 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Run API and workers until interrupted."""
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve(
+    settings: Settings, host: str, port: int, workers: int, *, inference: bool = True
+) -> None:
+    """Run API, workers and (unless told not to) an inference server until interrupted."""
     import uvicorn
 
     from app.api.server_options import HTTP_OPTIONS
@@ -148,8 +169,17 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     }
     if settings.worker_memory_bytes is not None:
         env["LORAFORGE_WORKER_MEMORY_BYTES"] = str(settings.worker_memory_bytes)
-    supervisor = WorkerSupervisor(workers, env)
-    supervisor.start()
+    supervisors = [WorkerSupervisor(workers, env)]
+    if inference and not settings.inference_url:
+        # On loopback only: the API is the inference server's one client.
+        inference_port = free_port("127.0.0.1")
+        command = ("inference", "--host", "127.0.0.1", "--port", str(inference_port))
+        supervisors.append(WorkerSupervisor(1, env, command))
+        settings = settings.model_copy(
+            update={"inference_url": f"http://127.0.0.1:{inference_port}"}
+        )
+    for supervisor in supervisors:
+        supervisor.start()
     try:
         config = uvicorn.Config(
             create_served_app(settings),
@@ -165,5 +195,6 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: stopping is the asked-for outcome
     finally:
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
     log.info("stopped")

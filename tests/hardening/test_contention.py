@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, create_engine, text
 
 from app.api.keycache import KeyCache, Principal
-from app.api.upload_slots import UploadSlots
+from app.api.slots import OrganizationSlots, upload_slots
 from app.config import Settings
 from app.db import session as db_session
 from app.db.session import is_contention
@@ -32,7 +32,7 @@ from tests.live import wait_for
 def test_an_organizations_uploads_past_the_bound_are_refused_and_others_go_on(
     client: TestClient, tenant_a: Tenant, tenant_b: Tenant
 ):
-    slots: UploadSlots = client.app.state.upload_slots  # type: ignore[attr-defined]
+    slots: OrganizationSlots = client.app.state.upload_slots  # type: ignore[attr-defined]
     with ExitStack() as held:
         for _ in range(slots.per_organization):  # as many uploads of A as it may send at once
             held.enter_context(slots.slot(tenant_a.organization_id))
@@ -46,13 +46,13 @@ def test_an_organizations_uploads_past_the_bound_are_refused_and_others_go_on(
 
 
 def test_a_slot_is_given_back_whatever_ends_the_upload():
-    slots = UploadSlots(1)
+    slots = upload_slots(1)
     with pytest.raises(ValueError), slots.slot("org"):
         raise ValueError("the upload failed")
     # Free again, and still bounded.
     with slots.slot("org"), pytest.raises(TooManyConcurrentUploads), slots.slot("org"):
         pass
-    with UploadSlots(0).slot("org"), UploadSlots(0).slot("org"):  # 0: no bound
+    with upload_slots(0).slot("org"), upload_slots(0).slot("org"):  # 0: no bound
         pass
 
 

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import BitsAndBytesConfig, get_scheduler
 
+from app.schemas.spec import QuantizationSpec
 from worker.training.config import TrainingConfig
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
@@ -25,13 +26,19 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 def build_bnb_config(config: TrainingConfig) -> BitsAndBytesConfig | None:
     """NF4 (or FP4) with double quantization, or LLM.int8, or None for 16/32-bit LoRA."""
-    quantization = config.quantization
+    return build_quantization_config(config.quantization, config.torch_dtype)
+
+
+def build_quantization_config(
+    quantization: QuantizationSpec, compute_dtype: torch.dtype
+) -> BitsAndBytesConfig | None:
+    """build_bnb_config for a quantization spec alone (the inference server's bases)."""
     if quantization.bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization.quant_type,
             bnb_4bit_use_double_quant=quantization.double_quant,
-            bnb_4bit_compute_dtype=config.torch_dtype,
+            bnb_4bit_compute_dtype=compute_dtype,
         )
     if quantization.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -20,7 +20,7 @@ from app.api.deps import (
 from app.api.object_response import stored_response
 from app.api.presenters import file_public
 from app.api.routes import ERROR_RESPONSES
-from app.api.upload_slots import UploadSlots
+from app.api.slots import OrganizationSlots
 from app.errors import InsufficientStorage, PayloadTooLarge
 from app.schemas.common import DeletedObject, ListPage
 from app.schemas.files import FilePublic, FilePurpose
@@ -65,7 +65,7 @@ async def create_file(
         raise PayloadTooLarge(
             f"the upload is over the {settings.max_upload_bytes} byte limit", param="file"
         )
-    upload_slots: UploadSlots = request.app.state.upload_slots
+    upload_slots: OrganizationSlots = request.app.state.upload_slots
     with upload_slots.slot(organization_id):
         # Full already? Say so before reading the body. This read takes no lock: the check
         # that binds runs again, locked, where the file is recorded.

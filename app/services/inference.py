@@ -1,0 +1,131 @@
+"""Chat and completions: which base and adapter a tenant's model name means, and the inference
+server that generates for it (loraforge's own or vLLM, spoken to in one protocol).
+
+The API never generates. It resolves `model` to (base, adapter), forwards the request to the
+server configured for that base, and when the server answers 404 for an adapter it has not
+loaded (never loaded, or evicted from its LRU) asks it to load the adapter, then retries once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import Connection, select
+
+from app.config import Settings
+from app.db.models import Checkpoint, Job
+from app.errors import NotFound, Unavailable
+from app.storage import Storage
+
+log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+LOAD_ADAPTER_PATH = "/v1/load_lora_adapter"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request's model runs: its base, and the adapter on it (None for a base)."""
+
+    base: str
+    adapter: str | None = None
+    adapter_key: str | None = None
+
+
+def model_not_found(model: str) -> NotFound:
+    # Another organization's model reads exactly like one that does not exist.
+    return NotFound(f"The model `{model}` does not exist", param="model", code="model_not_found")
+
+
+def resolve_model(
+    connection: Connection, settings: Settings, organization_id: str, model: str
+) -> Target:
+    """A catalog base, the organization's fine-tuned model, or one of its checkpoints."""
+    if model in settings.catalog():
+        return Target(model)
+    job = connection.execute(
+        select(Job.id, Job.model).where(
+            Job.organization_id == organization_id,
+            Job.fine_tuned_model == model,
+            Job.status == "succeeded",
+            Job.model_deleted_at.is_(None),
+        )
+    ).first()
+    if job is not None:
+        return Target(job.model, model, f"jobs/{job.id}/adapter")
+    checkpoint = connection.execute(
+        select(Job.model, Checkpoint.storage_key)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(
+            Checkpoint.organization_id == organization_id,
+            Checkpoint.fine_tuned_model_checkpoint == model,
+            Job.model_deleted_at.is_(None),
+        )
+    ).first()
+    if checkpoint is not None:
+        return Target(checkpoint.model, model, checkpoint.storage_key)
+    raise model_not_found(model)
+
+
+class InferenceBackends:
+    """The inference servers, one per base model (or the default one), over one client."""
+
+    def __init__(self, settings: Settings, storage: Storage, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.client = client
+        key = settings.inference_api_key
+        self.headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    def url_for(self, base: str) -> str:
+        url = self.settings.inference_backends.get(base) or self.settings.inference_url
+        if not url:
+            raise Unavailable(
+                f"no inference server is configured for {base!r}",
+                param="model",
+                code="inference_unavailable",
+            )
+        return url.rstrip("/")
+
+    async def send(self, target: Target, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST `body` for `target` and return the open response (stream it, then close it);
+        an adapter the server lacks is loaded and the request sent once more."""
+        url = self.url_for(target.base)
+        body = {**body, "model": target.adapter or target.base}
+        response = await self._post(url + path, body)
+        if response.status_code != 404 or target.adapter is None:
+            return response
+        await response.aclose()
+        await self.load_adapter(url, target)
+        return await self._post(url + path, body)
+
+    async def load_adapter(self, url: str, target: Target) -> None:
+        """Ask the server to load the target's adapter (vLLM's runtime LoRA loading)."""
+        assert target.adapter is not None and target.adapter_key is not None
+        local = self.storage.local_path(target.adapter_key)
+        # A shared disk: the path (vLLM reads it there); a bucket: the key, which
+        # `loraforge inference` fetches into its cache.
+        lora_path = str(local.resolve()) if local is not None else target.adapter_key
+        body = {"lora_name": target.adapter, "lora_path": lora_path}
+        response = await self._post(url + LOAD_ADAPTER_PATH, body)
+        text = (await response.aread()).decode(errors="replace")
+        await response.aclose()
+        if response.status_code >= 400:
+            # A concurrent request may have loaded it first (vLLM answers 400 then): the
+            # retry decides.
+            log.warning("loading %s on %s: %s %s", target.adapter, url, response.status_code, text)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        request = self.client.build_request("POST", url, json=body, headers=self.headers)
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            log.warning("inference server %s: %s", url, exc)
+            raise Unavailable(
+                "the inference server is not reachable; try again shortly",
+                code="inference_unavailable",
+            ) from exc

@@ -1,0 +1,1 @@
+"""The inference server: OpenAI-compatible generation on base models and LoRA adapters."""
