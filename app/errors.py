@@ -138,6 +138,14 @@ class ServiceBusy(Unavailable):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class AdapterUnavailable(ApiError):
+    """The inference server could not load a fine-tuned model's adapter: our side's fault."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "adapter_load_failed"
+
+
 class InsufficientStorage(ApiError):
     """The server's disk is full: nothing the client sent was kept."""
 

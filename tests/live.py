@@ -94,6 +94,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def command_of(pid: int) -> list[str]:
+    """A process's command line (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def worker_children(pid: int) -> list[int]:
+    """The `loraforge worker` processes among `pid`'s children (serve also runs inference)."""
+    return [child for child in children(pid) if "worker" in command_of(child)]
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`loraforge worker` as a subprocess (the caller stops it with `stop`)."""
     log = log_path.open("ab")

@@ -53,6 +53,13 @@ def job_adapter(storage: Storage, job: Job) -> Download:
     return Download(key, f"{name}.tar.gz")
 
 
+def checkpoint_adapter_prefix(storage: Storage, root: str) -> str:
+    """Where a checkpoint's adapter files are: its adapter/ subfolder, or (older layouts)
+    the checkpoint directory itself."""
+    subfolder = f"{root}/{CHECKPOINT_ADAPTER_DIR}"
+    return subfolder if storage.has_prefix(subfolder) else root
+
+
 def checkpoint_adapter(storage: Storage, checkpoint: Checkpoint) -> Download:
     """A complete checkpoint's adapter: its adapter/ subfolder if it has one, otherwise the
     checkpoint directory without the training state."""
@@ -61,8 +68,8 @@ def checkpoint_adapter(storage: Storage, checkpoint: Checkpoint) -> Download:
         raise ArtifactNotFound(
             f"checkpoint {checkpoint.id!r} has no complete files", param="checkpoint_id"
         )
-    subfolder = f"{root}/{CHECKPOINT_ADAPTER_DIR}"
-    source, skip = (subfolder, None) if storage.has_prefix(subfolder) else (root, is_training_state)
+    source = checkpoint_adapter_prefix(storage, root)
+    skip = None if source != root else is_training_state
     name = f"{checkpoint.job_id}-step-{checkpoint.step_number}-adapter"
     try:
         # The archive sits beside the step-{N} directory, where the engine's resume scan

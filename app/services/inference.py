@@ -8,6 +8,7 @@ loaded (never loaded, or evicted from its LRU) asks it to load the adapter, then
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,8 @@ from sqlalchemy import Connection, select
 
 from app.config import Settings
 from app.db.models import Checkpoint, Job
-from app.errors import NotFound, Unavailable
+from app.errors import AdapterUnavailable, NotFound, Unavailable
+from app.services.downloads import checkpoint_adapter_prefix
 from app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class Target:
     base: str
     adapter: str | None = None
     adapter_key: str | None = None
+    checkpoint: bool = False
 
 
 def model_not_found(model: str) -> NotFound:
@@ -67,7 +70,7 @@ def resolve_model(
         )
     ).first()
     if checkpoint is not None:
-        return Target(checkpoint.model, model, checkpoint.storage_key)
+        return Target(checkpoint.model, model, checkpoint.storage_key, checkpoint=True)
     raise model_not_found(model)
 
 
@@ -100,24 +103,35 @@ class InferenceBackends:
         if response.status_code != 404 or target.adapter is None:
             return response
         await response.aclose()
-        await self.load_adapter(url, target)
-        return await self._post(url + path, body)
+        refusal = await self.load_adapter(url, target)
+        response = await self._post(url + path, body)
+        if response.status_code == 404 and refusal is not None:
+            await response.aclose()
+            log.error("loading %s on %s failed: %s", target.adapter, url, refusal)
+            raise AdapterUnavailable(
+                f"the model `{target.adapter}` could not be loaded by its inference server",
+                param="model",
+            )
+        return response
 
-    async def load_adapter(self, url: str, target: Target) -> None:
-        """Ask the server to load the target's adapter (vLLM's runtime LoRA loading)."""
+    async def load_adapter(self, url: str, target: Target) -> str | None:
+        """Ask the server to load the target's adapter (vLLM's runtime LoRA loading); what
+        the server answered when it refused, else None."""
         assert target.adapter is not None and target.adapter_key is not None
-        local = self.storage.local_path(target.adapter_key)
+        key = target.adapter_key
+        if target.checkpoint:
+            key = await asyncio.to_thread(checkpoint_adapter_prefix, self.storage, key)
+        local = self.storage.local_path(key)
         # A shared disk: the path (vLLM reads it there); a bucket: the key, which
         # `loraforge inference` fetches into its cache.
-        lora_path = str(local.resolve()) if local is not None else target.adapter_key
+        lora_path = str(local.resolve()) if local is not None else key
         body = {"lora_name": target.adapter, "lora_path": lora_path}
         response = await self._post(url + LOAD_ADAPTER_PATH, body)
         text = (await response.aread()).decode(errors="replace")
         await response.aclose()
-        if response.status_code >= 400:
-            # A concurrent request may have loaded it first (vLLM answers 400 then): the
-            # retry decides.
-            log.warning("loading %s on %s: %s %s", target.adapter, url, response.status_code, text)
+        # A refusal may only mean a concurrent request loaded it first (vLLM answers 400
+        # then): the retry decides.
+        return f"{response.status_code} {text}" if response.status_code >= 400 else None
 
     async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         request = self.client.build_request("POST", url, json=body, headers=self.headers)

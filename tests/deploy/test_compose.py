@@ -74,11 +74,28 @@ def test_the_stack_has_its_services_and_optional_ones_behind_profiles(stack: dic
         "flower",
         "minio",
         "minio-bucket",
+        "vllm",
     }
     for name in ("postgres", "redis", *APP_SERVICES):
         assert "profiles" not in stack[name], name
     assert stack["flower"]["profiles"] == ["flower"]
     assert stack["minio"]["profiles"] == stack["minio-bucket"]["profiles"] == ["s3"]
+    assert stack["vllm"]["profiles"] == ["inference"]
+
+
+def test_the_inference_profile_serves_adapters_from_the_api_s_data_dir(tmp_path: Path):
+    backends = '{"qwen2.5-0.5b-instruct": "http://vllm:8000"}'
+    env = {"LORAFORGE_INFERENCE_BACKENDS": backends}
+    services = compose_config(tmp_path, COMPOSE_FILE, env=env)["services"]
+    vllm, api = services["vllm"], services["api"]
+    assert "--enable-lora" in vllm["command"]
+    assert "--served-model-name=qwen2.5-0.5b-instruct" in vllm["command"]
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # The API sends an adapter's path on the artifacts volume: vLLM must see it there too.
+    assert f"artifacts:{api['environment']['LORAFORGE_DATA_DIR']}:ro" in vllm["volumes"]
+    (device,) = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert api["environment"]["LORAFORGE_INFERENCE_BACKENDS"] == backends
 
 
 def test_the_worker_reserves_an_nvidia_gpu(stack: dict[str, Any]):

@@ -18,7 +18,15 @@ from typing import Any
 import httpx
 
 from tests.databases import postgres_database, redis_url
-from tests.live import api_server, children, loraforge, serve_process, start_worker, stop, wait_for
+from tests.live import (
+    api_server,
+    loraforge,
+    serve_process,
+    start_worker,
+    stop,
+    wait_for,
+    worker_children,
+)
 
 REDIS_URL = redis_url(1)
 # Short leases so that recovery after a kill -9 takes seconds, not minutes.
@@ -57,7 +65,7 @@ class Stack:
 
     def worker_pids(self) -> list[int]:
         if self.serve_pid is not None:
-            return children(self.serve_pid)
+            return worker_children(self.serve_pid)
         return [w.pid for w in self.workers if w.poll() is None]
 
     def add_worker(self) -> None:
@@ -87,7 +95,10 @@ def embedded_stack(root: Path) -> Iterator[Stack]:
 
 @contextmanager
 def postgres_redis_stack(
-    root: Path, workers: int = 1, broker_url: str = REDIS_URL
+    root: Path,
+    workers: int = 1,
+    broker_url: str = REDIS_URL,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     suffix = secrets.token_hex(4)
     root.mkdir(parents=True, exist_ok=True)
@@ -100,6 +111,7 @@ def postgres_redis_stack(
             "LORAFORGE_BROKER_URL": broker_url,
             "LORAFORGE_JOB_QUEUE": f"training-{suffix}",
             "LORAFORGE_EXPORT_QUEUE": f"exports-{suffix}",
+            **(extra_env or {}),
         }
         base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "e2e")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.stacks import FAST_RECOVERY, hello_dataset, upload
-from tests.live import children, free_port, serve_process, stop, wait_for
+from tests.live import free_port, serve_process, stop, wait_for, worker_children
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,10 @@ def test_serve_replaces_a_dead_worker_and_stops_cleanly(tmp_path: Path, stop_sig
     )
     try:
         wait_for(lambda: _healthy(port), 60, "serve to answer /healthz")
-        (first_worker,) = wait_for(lambda: children(process.pid), 30, "the worker process")
+        (first_worker,) = wait_for(lambda: worker_children(process.pid), 30, "the worker process")
         os.kill(first_worker, signal.SIGKILL)
         replaced = wait_for(
-            lambda: [p for p in children(process.pid) if p != first_worker and alive(p)],
+            lambda: [p for p in worker_children(process.pid) if p != first_worker and alive(p)],
             30,
             "a replacement worker",
         )
