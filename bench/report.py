@@ -597,6 +597,56 @@ def api_instructions_section(result: dict[str, Any], _images: Path) -> tuple[str
     return "\n\n".join(parts), []
 
 
+def inference_section(result: dict[str, Any], _images: Path) -> tuple[str, list[list[Any]]]:
+    server, baseline, ratios = result["server"], result["transformers"], result["ratios"]
+    labels = {
+        "one_stream": "1 stream, adapter",
+        "eight_streams_one_adapter": "8 streams, one adapter",
+        "eight_streams_two_adapters": "8 streams, two adapters",
+        "eight_streams_base": "8 streams, base model",
+    }
+    rows = [
+        [
+            "loraforge inference",
+            label,
+            number(server[key]["ttft_median_s"], 3),
+            number(server[key]["tokens_per_s"], 1),
+        ]
+        for key, label in labels.items()
+    ]
+    rows.append(
+        [
+            "transformers generate",
+            "1 generation, adapter",
+            number(baseline["one_stream"]["ttft_median_s"], 3),
+            number(baseline["one_stream"]["tokens_per_s"], 1),
+        ]
+    )
+    rows.append(
+        [
+            "transformers generate",
+            "8 generations in a row",
+            "",
+            number(baseline["eight_in_a_row"]["tokens_per_s"], 1),
+        ]
+    )
+    adapters = result["adapters"]
+    parts = [
+        "## Inference: loraforge inference vs transformers generate (tiny model, CPU)",
+        provenance(result),
+        table(["server", "load", "first token s (median)", "tokens/s"], rows),
+        table(
+            ["ratio", "value"],
+            [[name.replace("_", " "), number(value, 2)] for name, value in ratios.items()],
+        ),
+        f"Loading an adapter: {number(adapters['load_median_s'], 3)} s (median of "
+        f"{adapters['adapters_loaded']}); server memory per loaded adapter "
+        f"{adapters['rss_growth_per_adapter_bytes'] / 1024:,.0f} KiB (adapter file "
+        f"{adapters['adapter_file_bytes'] / 1024:,.0f} KiB).",
+    ]
+    return "\n\n".join(parts), []
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], tuple[str, list[list[Any]]]]]] = [
     ("trainer_vs_trl", trainer_section),
     ("quant_memory", memory_section),
@@ -605,6 +655,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], tuple[str, list[list[
     ("api_compare", api_compare_section),
     ("api_instructions", api_instructions_section),
     ("job_latency", job_latency_section),
+    ("inference", inference_section),
     ("gpu_h200", gpu_section),
 ]
 

@@ -132,6 +132,15 @@ def test_job_latency_benchmark_writes_both_brokers(tmp_path: Path) -> None:
         assert data[stack]["post_to_running"]["n"] == 2
 
 
+def test_inference_benchmark_measures_the_server_and_generate(tmp_path: Path) -> None:
+    run_bench("bench/inference.py", "--quick", "--out-dir", str(tmp_path))
+    data = result(tmp_path, "inference")
+    for shape in ("one_stream", "eight_streams_one_adapter", "eight_streams_two_adapters"):
+        assert data["server"][shape]["tokens_per_round"] > 0
+    assert data["transformers"]["one_stream"]["tokens_per_s"] > 0
+    assert data["adapters"]["adapters_loaded"] == 2
+
+
 def test_report_renders_tables_and_plots_from_results(tmp_path: Path) -> None:
     import matplotlib  # noqa: F401  (the bench extra)
 
