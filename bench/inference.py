@@ -3,7 +3,8 @@ same run: time to first token and tokens/s for one stream and for 8 at once, the
 switching adapters between requests, the time to load an adapter and its memory.
 
 The server runs as a real process on 127.0.0.1 (streams over HTTP, as the API relays them);
-the baseline is `PeftModel.generate` in this process on the same NF4 base and adapter.
+the baseline is `PeftModel.generate` in this process on the same NF4 base and adapter, its
+rounds interleaved with the server's so that both see the same machine.
 Greedy decoding, and tokens counted as generated on both sides (an early EOS counts as
 fewer tokens, not as a faster run).
 
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ from tests.live import free_port, stop, wait_for  # noqa: E402
 BASE = "loraforge/tiny-random-llama"
 PROMPT = [{"role": "user", "content": "Tell me a story about a cow"}]
 STREAMS = 8
+# torch threads on both sides: the tiny model gains nothing from more, and two threads on a
+# shared 2-core machine measure OpenMP's spinning more than the models.
+THREADS = 1
 
 
 def rss_bytes(pid: int) -> int:
@@ -48,6 +53,7 @@ def rss_bytes(pid: int) -> int:
 def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "LORAFORGE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = str(THREADS)
     env["LORAFORGE_INFERENCE_MAX_ADAPTERS"] = "32"
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "inference", "--port", str(port)],
@@ -106,60 +112,68 @@ async def streams_at_once(url: str, models: list[str], tokens: int) -> dict[str,
     }
 
 
-def server_runs(url: str, adapters: list[str], tokens: int, repeats: int) -> dict[str, Any]:
-    """Medians over `repeats` rounds of each load shape."""
-    shapes = {
-        "one_stream": [adapters[0]],
-        "eight_streams_one_adapter": [adapters[0]] * STREAMS,
-        "eight_streams_two_adapters": [adapters[i % 2] for i in range(STREAMS)],
-        "eight_streams_base": [BASE] * STREAMS,
-    }
-    asyncio.run(streams_at_once(url, [adapters[0]], 4))  # warm: base loaded, adapter too
-    results: dict[str, Any] = {}
-    for name, models in shapes.items():
-        rounds = [asyncio.run(streams_at_once(url, models, tokens)) for _ in range(repeats)]
-        results[name] = {
-            key: median(r[key] for r in rounds) for key in ("ttft_median_s", "tokens_per_s")
-        }
-        results[name]["tokens_per_round"] = median(r["tokens"] for r in rounds)
-    return results
-
-
-def transformers_runs(models_dir: Path, adapter: Path, tokens: int, repeats: int) -> dict[str, Any]:
-    """PeftModel.generate on the same NF4 base and adapter: one generation, and 8 in a row
+class Generate:
+    """PeftModel.generate in this process on the same NF4 base and adapter as the server
     (generate serves one request at a time)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    from tests.worker.inference.adapters import nf4_base
+    def __init__(self, models_dir: Path, adapter: Path) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoTokenizer
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = PeftModel.from_pretrained(nf4_base(models_dir), adapter)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        from tests.worker.inference.adapters import nf4_base
 
-    def generate(max_new: int) -> tuple[float, int]:
+        torch.set_num_threads(THREADS)
+        self.model = PeftModel.from_pretrained(nf4_base(models_dir), adapter)
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+        self.ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        self.run(4)  # warm
+
+    def run(self, max_new: int) -> tuple[float, int]:
+        """(seconds, tokens generated) of one greedy generation."""
         started = time.perf_counter()
-        output = model.generate(ids, max_new_tokens=max_new, do_sample=False)
-        return time.perf_counter() - started, int(output.shape[1] - ids.shape[1])
+        output = self.model.generate(self.ids, max_new_tokens=max_new, do_sample=False)
+        return time.perf_counter() - started, int(output.shape[1] - self.ids.shape[1])
 
-    generate(4)  # warm
-    one = [generate(tokens) for _ in range(repeats)]
-    first = [generate(1)[0] for _ in range(repeats)]
-    in_a_row = []
+    def round(self, tokens: int, count: int) -> dict[str, float]:
+        first, _ = self.run(1)
+        runs = [self.run(tokens) for _ in range(count)]
+        seconds = sum(s for s, _ in runs)
+        generated = sum(n for _, n in runs)
+        return {"ttft_median_s": first, "tokens": generated, "tokens_per_s": generated / seconds}
+
+
+SHAPES: dict[str, Callable[[list[str]], list[str]]] = {
+    "one_stream": lambda a: [a[0]],
+    "eight_streams_one_adapter": lambda a: [a[0]] * STREAMS,
+    "eight_streams_two_adapters": lambda a: [a[i % 2] for i in range(STREAMS)],
+    "eight_streams_base": lambda a: [BASE] * STREAMS,
+}
+
+
+def side_by_side(
+    url: str, generate: Generate, adapters: list[str], tokens: int, repeats: int
+) -> dict[str, Any]:
+    """Medians over `repeats` rounds; each round runs every server shape and generate's two
+    shapes one after another, so both sides see the same machine."""
+    asyncio.run(streams_at_once(url, [adapters[0]], 4))  # warm: base loaded, adapter too
+    rounds: dict[str, list[dict[str, float]]] = {}
     for _ in range(repeats):
-        runs = [generate(tokens) for _ in range(STREAMS)]
-        in_a_row.append(sum(n for _, n in runs) / sum(s for s, _ in runs))
-    return {
-        "one_stream": {
-            "ttft_median_s": median(first),
-            "tokens_per_s": median(n / s for s, n in one),
-            "tokens_per_round": median(n for _, n in one),
-        },
-        "eight_in_a_row": {"tokens_per_s": median(in_a_row)},
-    }
+        for name, models in SHAPES.items():
+            run = asyncio.run(streams_at_once(url, models(adapters), tokens))
+            rounds.setdefault(f"server/{name}", []).append(run)
+        rounds.setdefault("transformers/one_stream", []).append(generate.round(tokens, 1))
+        rounds.setdefault("transformers/eight_in_a_row", []).append(generate.round(tokens, STREAMS))
+    results: dict[str, Any] = {"server": {}, "transformers": {}}
+    for key, runs in rounds.items():
+        side, name = key.split("/")
+        results[side][name] = {
+            "ttft_median_s": median(r["ttft_median_s"] for r in runs),
+            "tokens_per_s": median(r["tokens_per_s"] for r in runs),
+            "tokens_per_round": median(r["tokens"] for r in runs),
+        }
+    return results
 
 
 def adapter_costs(url: str, pid: int, data_dir: Path, count: int) -> dict[str, Any]:
@@ -204,7 +218,12 @@ def main() -> None:
 
     results = header("inference", " ".join(["python", *sys.argv]), args.quick)
     results["libraries"] = library_versions("torch", "transformers", "peft", "bitsandbytes")
-    results["settings"] = {"tokens": tokens, "repeats": repeats, "streams": STREAMS}
+    results["settings"] = {
+        "tokens": tokens,
+        "repeats": repeats,
+        "streams": STREAMS,
+        "torch_threads": THREADS,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as scratch:
         data_dir = Path(scratch) / "data"
         adapters = {
@@ -222,12 +241,11 @@ def main() -> None:
                     timeout=120,
                 )
                 response.raise_for_status()
-            results["server"] = server_runs(url, list(adapters), tokens, repeats)
+            generate = Generate(data_dir / "models", next(iter(adapters.values())))
+            results.update(side_by_side(url, generate, list(adapters), tokens, repeats))
             results["adapters"] = adapter_costs(url, process.pid, data_dir, 2 if args.quick else 8)
         finally:
             stop(process)
-        first = next(iter(adapters.values()))
-        results["transformers"] = transformers_runs(data_dir / "models", first, tokens, repeats)
     server, baseline = results["server"], results["transformers"]
     results["ratios"] = {
         "one_stream_tokens_per_s_vs_generate": server["one_stream"]["tokens_per_s"]
