@@ -26,7 +26,8 @@ from app.services.keys import create_key, get_or_create_organization
 log = logging.getLogger("loraforge.serve")
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
-STOP_GRACE_S = 10.0
+# A worker bounds its own stop by stop_grace_s; the SIGKILL after this much more is a backstop.
+KILL_MARGIN_S = 5.0
 # Open event streams end on shutdown after this long instead of holding the process.
 SHUTDOWN_GRACE_S = 5
 
@@ -43,9 +44,10 @@ def first_key(settings: Settings) -> str | None:
 class WorkerSupervisor:
     """Keeps `count` worker processes running; restarts one that exits, with backoff."""
 
-    def __init__(self, count: int, env: dict[str, str]) -> None:
+    def __init__(self, count: int, env: dict[str, str], stop_grace_s: float) -> None:
         self.count = count
         self.env = env
+        self.stop_grace_s = stop_grace_s
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
         self._stopping = threading.Event()
@@ -78,14 +80,15 @@ class WorkerSupervisor:
     def stop(self) -> None:
         """SIGTERM every worker, then SIGKILL what is left after the grace period.
 
-        A job interrupted here keeps its lease until it expires; the next start's reaper
-        re-queues it and it resumes from its newest checkpoint.
+        On SIGTERM a worker checkpoints its job at the next step and queues it again, so the
+        next start resumes it from there; one killed here keeps its lease until it expires,
+        and the job resumes from its newest checkpoint after that.
         """
         self._stopping.set()
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.stop_grace_s + KILL_MARGIN_S
         for process in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
@@ -119,7 +122,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         "LORAFORGE_DATABASE_URL": settings.resolved_database_url(),
         "LORAFORGE_BROKER_URL": settings.resolved_broker_url(),
     }
-    supervisor = WorkerSupervisor(workers, env)
+    supervisor = WorkerSupervisor(workers, env, settings.stop_grace_s)
     supervisor.start()
     try:
         config = uvicorn.Config(

@@ -99,10 +99,14 @@ class Reaper:
     """Runs reap_once every reaper_interval_s in a daemon thread."""
 
     def __init__(
-        self, factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        enqueuer: Enqueuer,
+        stop: threading.Event | None = None,
     ) -> None:
         self.factory, self.settings, self.enqueuer = factory, settings, enqueuer
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
 
     def start(self) -> None:
