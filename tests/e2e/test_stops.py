@@ -1,0 +1,91 @@
+"""Graceful stops with real processes: SIGTERM to a worker mid-job checkpoints the job at the
+next step, queues it again (no crash counted) and exits within LORAFORGE_STOP_GRACE_S; another
+worker resumes it and the loss curve is the one an uninterrupted run draws."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.stacks import (
+    Stack,
+    checkpoint_steps,
+    create_job,
+    embedded_stack,
+    events,
+    hello_dataset,
+    job,
+    metric_steps,
+    postgres_redis_stack,
+    upload,
+    wait_status,
+)
+from tests.live import wait_for
+
+pytestmark = pytest.mark.slow
+
+STEPS = 300
+GRACE_S = 30
+
+
+@pytest.fixture(params=["embedded", pytest.param("postgres-redis", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    settings = {"LORAFORGE_STOP_GRACE_S": str(GRACE_S)}
+    if request.param == "embedded":
+        with embedded_stack(tmp_path, settings) as running:
+            yield running
+    else:
+        with postgres_redis_stack(tmp_path, workers=1, settings=settings) as running:
+            yield running
+
+
+def long_job(client: httpx.Client, training_file: str) -> str:
+    """A job long enough that a stop lands mid-run; no checkpoint before the last step."""
+    created = create_job(client, training_file, max_steps=STEPS, checkpoint_every_steps=10**4)
+    job_id: str = created["id"]
+    return job_id
+
+
+def test_sigterm_hands_the_job_back_and_another_worker_resumes_its_loss_curve(stack: Stack):
+    client = stack.client()
+    training_file = upload(client, hello_dataset(40))
+    stopped = long_job(client, training_file)
+    wait_for(lambda: len(metric_steps(client, stopped)) >= 10, 180, "ten steps")
+
+    _pid, exit_s = stack.terminate_worker(timeout=GRACE_S + 15)
+    print(f"worker exited {exit_s:.2f} s after SIGTERM (grace {GRACE_S} s)")
+    assert exit_s < GRACE_S
+    # Right after the worker is gone, before its lease could expire: handed back, not lost.
+    handed_back = job(client, stopped)
+    if stack.serve_pid is None:  # (serve's supervisor starts a worker that may have it already)
+        assert handed_back["status"] == "queued", handed_back
+    (stop_step,) = checkpoint_steps(client, stopped)
+    assert 10 <= stop_step < STEPS
+    assert max(s for s, _ in metric_steps(client, stopped)) == stop_step
+    messages = [e["message"] for e in events(client, stopped)]
+    assert (
+        f"Worker stopped at step {stop_step}; the job is queued again and will resume from "
+        f"checkpoint step-{stop_step}"
+    ) in messages
+
+    if stack.serve_pid is None:
+        stack.add_worker()
+    finished = wait_status(client, stopped, "succeeded", "failed")
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["attempt"] == 2
+    messages = [e["message"] for e in events(client, stopped)]
+    assert f"Attempt 2 resuming from checkpoint step-{stop_step}" in messages
+    assert not [m for m in messages if "lease expired" in m or "lost" in m], messages
+    resumed = metric_steps(client, stopped)
+    # Checkpointed at the step it stopped after: no step is lost and none trained twice.
+    assert [s for s, _ in resumed] == list(range(1, STEPS + 1))
+
+    straight = long_job(client, training_file)
+    done = wait_status(client, straight, "succeeded", "failed")
+    assert done["status"] == "succeeded", done["error"]
+    assert [loss for _, loss in resumed] == pytest.approx(
+        [loss for _, loss in metric_steps(client, straight)], abs=1e-4
+    )
