@@ -108,7 +108,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, description="Attempts before a job whose worker keeps dying fails")
     reaper_interval_s: float = Field(15.0, description="How often each worker's reaper runs")
     requeue_after_s: float = Field(
-        300.0, description=("A queued job nobody claimed is published again after this long")
+        300.0,
+        description=(
+            "A queued job whose message the broker lost is published again once it has "
+            "waited this long since its last publish"
+        ),
     )
     metrics_flush_s: float = Field(
         2.0,

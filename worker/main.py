@@ -29,6 +29,9 @@ def run_worker(
     context = WorkerContext.from_settings(settings)
     worker_context._context = context
     GracefulStop(context.stopping, settings.stop_grace_s).install()
+    # Measured before consuming (it imports torch: seconds): a taken message is then claimed at
+    # once, and a reaper never finds the job queued while the broker no longer holds it.
+    _ = context.device_memory_bytes
     if reaper:
         # A stopping worker reaps no more: it would publish the job it just handed back to
         # the queue its own consumer still reads.
