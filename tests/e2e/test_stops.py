@@ -4,12 +4,19 @@ worker resumes it and the loss curve is the one an uninterrupted run draws."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from app.db.models import Job, JobEvent
+from app.db.session import make_engine, make_session_factory
+from app.supervisor import SHUTDOWN_GRACE_S
 from tests.e2e.stacks import (
     Stack,
     checkpoint_steps,
@@ -23,7 +30,7 @@ from tests.e2e.stacks import (
     upload,
     wait_status,
 )
-from tests.live import wait_for
+from tests.live import alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +96,24 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_its_loss_curve(st
     assert [loss for _, loss in resumed] == pytest.approx(
         [loss for _, loss in metric_steps(client, straight)], abs=1e-4
     )
+
+
+def test_stopping_serve_hands_its_running_job_back_before_it_exits(tmp_path: Path):
+    with embedded_stack(tmp_path, {"LORAFORGE_STOP_GRACE_S": str(GRACE_S)}) as stack:
+        client = stack.client()
+        stopped = long_job(client, upload(client, hello_dataset(40)))
+        wait_for(lambda: len(metric_steps(client, stopped)) >= 10, 180, "ten steps")
+        assert stack.serve_pid is not None
+        started = time.monotonic()
+        os.kill(stack.serve_pid, signal.SIGTERM)
+        wait_for(lambda: not alive(stack.serve_pid or 0), GRACE_S + 30, "serve to exit")
+        exit_s = time.monotonic() - started
+    print(f"serve exited {exit_s:.2f} s after SIGTERM (grace {GRACE_S} s)")
+    assert exit_s < SHUTDOWN_GRACE_S + GRACE_S
+    engine = make_engine(f"sqlite:///{stack.data_dir / 'loraforge.db'}")
+    with make_session_factory(engine)() as session:
+        job_row = session.get_one(Job, stopped)
+        assert (job_row.status, job_row.lease_owner, job_row.enqueued_at) == ("queued", None, None)
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == stopped))
+        assert any(m.startswith("Worker stopped at step ") for m in messages)
+    engine.dispose()
