@@ -102,7 +102,9 @@ def lost_messages(
     holds, oldest published first, among those published over requeue_after_s ago.
 
     A message a worker has taken but whose job it has not claimed yet counts as lost for that
-    moment; the duplicate that may cause is skipped at the claim, like any duplicate.
+    moment; the duplicate that may cause is skipped at the claim, like any duplicate. The
+    message of a job cancelled while queued counts as held until a worker takes it: a loss
+    is then found only after that.
     """
     try:
         held = enqueuer.waiting(queue)
