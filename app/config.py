@@ -117,10 +117,22 @@ class Settings(BaseSettings):
         120.0, description=("A running job's lease; the reaper re-queues the job when it expires")
     )
     heartbeat_seconds: float = Field(15.0, description="How often a worker extends its lease")
+    stop_grace_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "On SIGTERM a worker checkpoints its job at the next step, queues it again for "
+            "another worker and exits within this long (compose's `stop_grace_period` matches)"
+        ),
+    )
     max_attempts: int = Field(3, description="Attempts before a job whose worker keeps dying fails")
     reaper_interval_s: float = Field(15.0, description="How often each worker's reaper runs")
     requeue_after_s: float = Field(
-        300.0, description=("A queued job nobody claimed is published again after this long")
+        300.0,
+        description=(
+            "A queued job whose message the broker lost is published again once it has "
+            "waited this long since its last publish"
+        ),
     )
     metrics_flush_s: float = Field(
         2.0,

@@ -24,6 +24,10 @@ TASK_RUN_EXPORT = "exports.run_export"
 class Enqueuer(Protocol):
     def send(self, task_name: str, args: list[Any], queue: str) -> None: ...
 
+    def waiting(self, queue: str) -> int:
+        """Messages the broker holds in `queue`, not yet delivered to a worker."""
+        ...
+
 
 # After a failed publish, the next ones fail at once for this long instead of each waiting
 # out the connect timeout and retries: the API publishes from one thread, and a queue of
@@ -71,6 +75,19 @@ class CeleryEnqueuer:
         except Exception:
             self._failed_at = time.monotonic()
             raise
+
+    def waiting(self, queue: str) -> int:
+        """Messages the broker holds in `queue`; 0 for a queue it does not know (a restarted
+        Redis without persistence, or no publish yet). Raises when the broker is unreachable."""
+        from kombu.exceptions import ChannelError
+
+        with self._celery().connection_for_write() as connection, connection.channel() as channel:
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+            except ChannelError:  # the broker's "no such queue" (404)
+                return 0
+        count: int = declared.message_count
+        return count
 
 
 def try_send(enqueuer: Enqueuer, task_name: str, args: list[Any], queue: str) -> bool:

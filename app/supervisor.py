@@ -32,7 +32,8 @@ log = logging.getLogger("loraforge.serve")
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 # The memory probe imports torch (seconds) and may initialize CUDA.
 MEMORY_PROBE_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
+# A worker bounds its own stop by stop_grace_s; the SIGKILL after this much more is a backstop.
+KILL_MARGIN_S = 5.0
 # Open event streams end on shutdown after this long instead of holding the process.
 SHUTDOWN_GRACE_S = 5
 
@@ -72,10 +73,15 @@ class WorkerSupervisor:
     restarts one that exits, with backoff."""
 
     def __init__(
-        self, count: int, env: dict[str, str], command: tuple[str, ...] = WORKER_COMMAND
+        self,
+        count: int,
+        env: dict[str, str],
+        stop_grace_s: float,
+        command: tuple[str, ...] = WORKER_COMMAND,
     ) -> None:
         self.count = count
         self.env = env
+        self.stop_grace_s = stop_grace_s
         self.command = command
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
@@ -113,14 +119,15 @@ class WorkerSupervisor:
     def stop(self) -> None:
         """SIGTERM every worker, then SIGKILL what is left after the grace period.
 
-        A job interrupted here keeps its lease until it expires; the next start's reaper
-        re-queues it and it resumes from its newest checkpoint.
+        On SIGTERM a worker checkpoints its job at the next step and queues it again, so the
+        next start resumes it from there; one killed here keeps its lease until it expires,
+        and the job resumes from its newest checkpoint after that.
         """
         self._stopping.set()
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.stop_grace_s + KILL_MARGIN_S
         for process in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
@@ -169,12 +176,12 @@ def serve(
     }
     if settings.worker_memory_bytes is not None:
         env["LORAFORGE_WORKER_MEMORY_BYTES"] = str(settings.worker_memory_bytes)
-    supervisors = [WorkerSupervisor(workers, env)]
+    supervisors = [WorkerSupervisor(workers, env, settings.stop_grace_s)]
     if inference and not settings.inference_url:
         # On loopback only: the API is the inference server's one client.
         inference_port = free_port("127.0.0.1")
         command = ("inference", "--host", "127.0.0.1", "--port", str(inference_port))
-        supervisors.append(WorkerSupervisor(1, env, command))
+        supervisors.append(WorkerSupervisor(1, env, settings.stop_grace_s, command))
         settings = settings.model_copy(
             update={"inference_url": f"http://127.0.0.1:{inference_port}"}
         )

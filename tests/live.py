@@ -107,6 +107,15 @@ def worker_children(pid: int) -> list[int]:
     return [child for child in children(pid) if "worker" in command_of(child)]
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not yet waited for, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`loraforge worker` as a subprocess (the caller stops it with `stop`)."""
     log = log_path.open("ab")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ class WorkerContext:
     session_factory: sessionmaker[Session]
     storage: Storage
     identity: str
+    # Set when the worker is told to stop (SIGTERM): the running job hands itself back.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:

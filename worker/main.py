@@ -9,6 +9,7 @@ from worker import context as worker_context
 from worker.celery_app import create_celery
 from worker.context import WorkerContext
 from worker.reaper import Reaper
+from worker.shutdown import GracefulStop
 
 
 def default_queues(settings: Settings) -> list[str]:
@@ -27,8 +28,14 @@ def run_worker(
     """Block running a worker until it is told to stop."""
     context = WorkerContext.from_settings(settings)
     worker_context._context = context
+    GracefulStop(context.stopping, settings.stop_grace_s).install()
+    # Measured before consuming (it imports torch: seconds): a taken message is then claimed at
+    # once, and a reaper never finds the job queued while the broker no longer holds it.
+    _ = context.device_memory_bytes
     if reaper:
-        Reaper(context.session_factory, settings, context.enqueuer).start()
+        # A stopping worker reaps no more: it would publish the job it just handed back to
+        # the queue its own consumer still reads.
+        Reaper(context.session_factory, settings, context.enqueuer, context.stopping).start()
     app = create_celery(settings)
     app.worker_main(
         [

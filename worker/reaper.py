@@ -1,7 +1,9 @@
 """The reaper: recovery comes from the database, never from broker redelivery.
 
 - running jobs whose lease expired go back to queued (or fail after max_attempts);
-- queued jobs that nobody claimed are published again (a lost message, a restarted Redis).
+- queued jobs never published are published; of those published, as many as the broker lost
+  (a restarted Redis) are published again: a job merely waiting for a busy worker is not, so
+  the queue holds about one message per queued job however long they wait.
 
 Safe to run in every worker at once: each change is a compare-and-set.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -76,15 +79,53 @@ def requeue_expired(session: Session, settings: Settings) -> list[str]:
 
 
 def republish_unclaimed(session: Session, settings: Settings, enqueuer: Enqueuer) -> list[str]:
-    """Queued jobs never published, or published long ago and still unclaimed."""
-    stale = utcnow() - timedelta(seconds=settings.requeue_after_s)
-    jobs = session.scalars(
+    """Queued jobs never published, and published ones whose messages the broker lost."""
+    unpublished = session.scalars(
         select(Job)
-        .where(Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))
+        .where(Job.status == "queued", Job.enqueued_at.is_(None))
         .order_by(Job.created_at)
         .limit(BATCH)
     ).all()
-    return [job.id for job in jobs if publish(session, settings, enqueuer, job)]
+    queues = session.scalars(
+        select(Job.queue)
+        .where(Job.status == "queued", Job.enqueued_at.is_not(None))
+        .group_by(Job.queue)
+    ).all()
+    lost = [job for queue in queues for job in lost_messages(session, settings, enqueuer, queue)]
+    return [job.id for job in [*unpublished, *lost] if publish(session, settings, enqueuer, job)]
+
+
+def lost_messages(
+    session: Session, settings: Settings, enqueuer: Enqueuer, queue: str
+) -> Sequence[Job]:
+    """The jobs of `queue` the database believes published beyond the messages the broker
+    holds, oldest published first, among those published over requeue_after_s ago.
+
+    A message a worker has taken but whose job it has not claimed yet counts as lost for that
+    moment; the duplicate that may cause is skipped at the claim, like any duplicate. The
+    message of a job cancelled while queued counts as held until a worker takes it: a loss
+    is then found only after that.
+    """
+    try:
+        held = enqueuer.waiting(queue)
+    except Exception:
+        log.warning("could not count the messages in %s; re-publishing none", queue, exc_info=True)
+        return []
+    published = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == "queued", Job.queue == queue, Job.enqueued_at.is_not(None))
+    )
+    shortfall = min((published or 0) - held, BATCH)
+    if shortfall <= 0:
+        return []
+    stale = utcnow() - timedelta(seconds=settings.requeue_after_s)
+    return session.scalars(
+        select(Job)
+        .where(Job.status == "queued", Job.queue == queue, Job.enqueued_at < stale)
+        .order_by(Job.enqueued_at)
+        .limit(shortfall)
+    ).all()
 
 
 def reap_once(factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer) -> None:
@@ -99,10 +140,14 @@ class Reaper:
     """Runs reap_once every reaper_interval_s in a daemon thread."""
 
     def __init__(
-        self, factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        enqueuer: Enqueuer,
+        stop: threading.Event | None = None,
     ) -> None:
         self.factory, self.settings, self.enqueuer = factory, settings, enqueuer
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
 
     def start(self) -> None:

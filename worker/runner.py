@@ -59,6 +59,11 @@ class JobRunner:
 
     def run(self) -> str | None:
         """Claim and train; returns the final status written, or None if not ours."""
+        if self.context.stopping.is_set():
+            # Celery can take one more message after a stop request: leave its job to others.
+            log.info("job %s: this worker is stopping; leaving it queued", self.job_id)
+            self._leave_queued()
+            return None
         if not self._fits_this_worker():
             return None
         with self.context.session_factory() as session:
@@ -122,7 +127,7 @@ class JobRunner:
         result = run_training(config, paths, hooks)
         self._flush(force=True)
         if result.status == "stopped":
-            return self._stopped(result.stop_reason, result.global_step)
+            return self._stopped(result.stop_reason, result.global_step, result.checkpoint_dir)
         self._check_lease()
         workspace.save_final(paths.adapter_dir)
         return self._succeeded(job, result.trained_tokens, paths.results_csv)
@@ -161,11 +166,7 @@ class JobRunner:
             )
 
     def _fits_this_worker(self) -> bool:
-        """Whether this device can hold the job; a job too big is left for a larger worker.
-
-        The message is consumed either way; clearing enqueued_at makes the reaper publish the
-        job again at its next pass, to the job's queue, where a larger worker can take it.
-        """
+        """Whether this device can hold the job; a job too big is left for a larger worker."""
         capacity = self.context.device_memory_bytes
         if capacity is None:
             return True
@@ -176,8 +177,7 @@ class JobRunner:
             needed = estimated_bytes(self.settings, ResolvedSpec.model_validate(job.spec))
             if needed is None or needed <= capacity:
                 return True
-            compare_and_set(session, job.id, from_statuses={"queued"}, enqueued_at=None)
-            session.commit()
+        self._leave_queued()
         log.warning(
             "job %s needs about %.2f GiB; this worker has %.2f GiB: leaving it queued",
             self.job_id,
@@ -185,6 +185,13 @@ class JobRunner:
             capacity / 2**30,
         )
         return False
+
+    def _leave_queued(self) -> None:
+        """Mark a queued job unpublished: its message is consumed, and a reaper's next pass
+        publishes it again, to the job's queue, for another worker."""
+        with self.context.session_factory() as session:
+            compare_and_set(session, self.job_id, from_statuses={"queued"}, enqueued_at=None)
+            session.commit()
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -207,6 +214,8 @@ class JobRunner:
             return "cancel"
         if row.pause_requested:
             return "pause"
+        if self.context.stopping.is_set():
+            return "shutdown"
         return None
 
     def _on_metrics(self, metrics: Any) -> None:
@@ -278,21 +287,28 @@ class JobRunner:
         with self._fenced() as (session, job):
             add_event(session, job, message, level=level)
 
-    def _stopped(self, reason: str | None, step: int) -> str | None:
+    def _stopped(self, reason: str | None, step: int, checkpoint: Path | None) -> str | None:
+        """Write the status a stop leads to: paused, cancelled, or queued again (shutdown)."""
         assert self.claim is not None
+        values: dict[str, Any]
+        if reason == "pause":
+            status, values = "paused", {"pause_requested": False}
+            message = f"Job paused at step {step}; resume continues from its checkpoint"
+        elif reason == "shutdown":
+            # Released through `finish`, not left to the lease: a planned stop is no crash, and
+            # a reaper publishes the job again at its next pass (enqueued_at NULL).
+            status, values = "queued", {"enqueued_at": None}
+            message = handed_back_message(step, checkpoint)
+        else:
+            status, values = "cancelled", {"finished_at": utcnow()}
+            message = f"Fine-tuning job cancelled at step {step}"
         with self.context.session_factory() as session:
             job = session.get_one(Job, self.job_id)
-            if reason == "pause":
-                ok = finish(session, self.claim, "paused", pause_requested=False)
-                message = f"Job paused at step {step}; resume continues from its checkpoint"
-            else:
-                ok = finish(session, self.claim, "cancelled", finished_at=utcnow())
-                message = f"Fine-tuning job cancelled at step {step}"
-            if not ok:
+            if not finish(session, self.claim, status, **values):
                 return None
             add_event(session, job, message)
             session.commit()
-            return "paused" if reason == "pause" else "cancelled"
+            return status
 
     def _succeeded(self, job: Job, trained_tokens: int, results_csv: Path) -> str | None:
         assert self.claim is not None
@@ -372,6 +388,12 @@ class JobRunner:
             return estimated_bytes(self.settings, ResolvedSpec.model_validate(spec))
         except (KeyError, ValueError):  # a model since removed from the catalog, an old spec
             return None
+
+
+def handed_back_message(step: int, checkpoint: Path | None) -> str:
+    """The event of a job its stopping worker queued again."""
+    resume = f"resume from checkpoint {checkpoint.name}" if checkpoint else "start from step 0"
+    return f"Worker stopped at step {step}; the job is queued again and will {resume}"
 
 
 def _seconds(value: float) -> Any:

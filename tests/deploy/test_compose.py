@@ -198,3 +198,25 @@ def test_the_cpu_override_swaps_the_gpu_worker_for_a_cpu_one(
     assert cpu["build"]["target"] == "worker-cpu" in dockerfile_stages()
     for key in ("command", "environment", "volumes", "depends_on"):
         assert cpu[key] == stack["worker"][key], key
+
+
+def duration_s(value: str) -> float:
+    """A compose duration such as `60s` or `1m30s`, in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    assert "".join(number + unit for number, unit in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+@pytest.mark.parametrize("grace", [None, "90"], ids=["default", "set-in-env"])
+def test_docker_waits_for_a_workers_stop_as_long_as_the_worker_takes(
+    tmp_path: Path, grace: str | None
+):
+    env = {"LORAFORGE_STOP_GRACE_S": grace} if grace else {}
+    services = compose_config(tmp_path, COMPOSE_FILE, CPU_OVERRIDE, env=env)["services"]
+    expected = float(grace) if grace else Settings.model_fields["stop_grace_s"].default
+    for name in ("worker", "worker-cpu"):
+        environment = services[name]["environment"]
+        settings = Settings(_env_file=None, stop_grace_s=environment["LORAFORGE_STOP_GRACE_S"])  # type: ignore[call-arg]
+        assert settings.stop_grace_s == expected, name
+        assert duration_s(services[name]["stop_grace_period"]) == expected, name

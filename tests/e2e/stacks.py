@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import httpx
 
 from tests.databases import postgres_database, redis_url
 from tests.live import (
+    alive,
     api_server,
     loraforge,
     serve_process,
@@ -82,11 +84,21 @@ class Stack:
             self.add_worker()
         return pid
 
+    def terminate_worker(self, timeout: float) -> tuple[int, float]:
+        """SIGTERM a worker; (its pid, seconds until it was gone). serve's supervisor starts
+        another; here the caller adds one when it wants one."""
+        (pid, *_) = self.worker_pids()
+        started = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(pid), timeout, f"worker {pid} to exit", interval=0.05)
+        return pid, time.monotonic() - started
+
 
 @contextmanager
-def embedded_stack(root: Path) -> Iterator[Stack]:
+def embedded_stack(root: Path, settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`loraforge serve` in `root`, with LORAFORGE_* `settings` on top of FAST_RECOVERY."""
     root.mkdir(parents=True, exist_ok=True)
-    env = {**FAST_RECOVERY, "LORAFORGE_DATA_DIR": str(root / "data")}
+    env = {**FAST_RECOVERY, **(settings or {}), "LORAFORGE_DATA_DIR": str(root / "data")}
     for name in ("LORAFORGE_DATABASE_URL", "LORAFORGE_BROKER_URL"):
         env[name] = ""
     with serve_process(env, root / "serve.log") as (base_url, key, pid):
@@ -98,20 +110,21 @@ def postgres_redis_stack(
     root: Path,
     workers: int = 1,
     broker_url: str = REDIS_URL,
-    extra_env: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
+    """`loraforge api` and `workers` workers on a fresh Postgres database and `broker_url`."""
     suffix = secrets.token_hex(4)
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(postgres_database())
         env = {
             **FAST_RECOVERY,
+            **(settings or {}),
             "LORAFORGE_DATA_DIR": str(root / "data"),
             "LORAFORGE_DATABASE_URL": database_url,
             "LORAFORGE_BROKER_URL": broker_url,
             "LORAFORGE_JOB_QUEUE": f"training-{suffix}",
             "LORAFORGE_EXPORT_QUEUE": f"exports-{suffix}",
-            **(extra_env or {}),
         }
         base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "e2e")

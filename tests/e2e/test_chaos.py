@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.e2e.stacks import (
     create_job,
     events,
     hello_dataset,
+    job,
     metric_steps,
     postgres_redis_stack,
     upload,
@@ -99,6 +101,23 @@ def test_redis_restart_while_jobs_are_queued_loses_nothing(tmp_path: Path):
                 finished = wait_status(client, job_id, "succeeded", "failed")
                 assert finished["status"] == "succeeded", finished["error"]
                 assert finished["attempt"] == 1
+
+
+def test_jobs_waiting_for_a_busy_worker_keep_one_message_each(tmp_path: Path):
+    with postgres_redis_stack(tmp_path, workers=1) as stack:
+        client = stack.client()
+        training_file = upload(client, hello_dataset(20))
+        busy = create_job(client, training_file, max_steps=10**5)["id"]
+        wait_status(client, busy, "running")
+        waiting = [create_job(client, training_file, max_steps=6)["id"] for _ in range(3)]
+        broker_url, queue = stack.env["LORAFORGE_BROKER_URL"], stack.env["LORAFORGE_JOB_QUEUE"]
+        wait_for(lambda: queued_messages(broker_url, queue) == 3, 10, "the three messages")
+        # Reaper passes every second; each job waits past requeue_after_s (5 s) twice over.
+        time.sleep(12)
+        assert queued_messages(broker_url, queue) == 3
+        assert job(client, busy)["status"] == "running"
+        for job_id in [busy, *waiting]:
+            client.post(f"/fine_tuning/jobs/{job_id}/cancel")
 
 
 def test_one_message_delivered_twice_trains_once(tmp_path: Path):

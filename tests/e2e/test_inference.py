@@ -209,7 +209,7 @@ def test_an_api_proxies_to_the_inference_server_configured_for_the_base(tmp_path
     knows the inference server only from LORAFORGE_INFERENCE_BACKENDS."""
     port = free_port()
     backends = {"LORAFORGE_INFERENCE_BACKENDS": json.dumps({BASE: f"http://127.0.0.1:{port}"})}
-    with postgres_redis_stack(tmp_path, workers=0, extra_env=backends) as stack:
+    with postgres_redis_stack(tmp_path, workers=0, settings=backends) as stack:
         upstream = start_inference(stack.env, port, tmp_path / "inference.log")
         try:
             with stack.client() as client:

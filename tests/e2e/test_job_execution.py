@@ -116,6 +116,9 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(stack: Stack):
         180,
         "two checkpoints",
     )
+    # What a kill inside a checkpoint's save leaves (planted: a kill seldom lands in one).
+    checkpoints = stack.data_dir / "jobs" / created["id"] / "checkpoints"
+    (checkpoints / ".step-25-k1ll3d" / "adapter").mkdir(parents=True)
     stack.kill_worker()
     finished = wait_status(client, created["id"], "succeeded", "failed")
     assert finished["status"] == "succeeded", finished["error"]
@@ -131,6 +134,8 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(stack: Stack):
     repeated = {s for s in steps if steps.count(s) > 1}
     assert all(resumed_step < s <= resumed_step + 10 for s in repeated), repeated
     assert checkpoint_steps(client, created["id"])[-1] == 60
+    left = [p.name for p in checkpoints.iterdir() if not (p / "COMPLETE").is_file()]
+    assert not left, left
 
 
 def test_cancel_during_training_stops_promptly(stack: Stack):

@@ -13,17 +13,9 @@ import httpx
 import pytest
 
 from tests.e2e.stacks import FAST_RECOVERY, hello_dataset, upload
-from tests.live import free_port, serve_process, stop, wait_for, worker_children
+from tests.live import alive, free_port, serve_process, stop, wait_for, worker_children
 
 pytestmark = pytest.mark.slow
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])

@@ -30,10 +30,16 @@ def torch_cuda_available() -> bool:
 
 @dataclass
 class Published:
+    """Records what is published; holds `held` messages per queue (none unless told)."""
+
     sent: list[tuple[str, list[Any], str]] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)
 
     def send(self, task_name: str, args: list[Any], queue: str) -> None:
         self.sent.append((task_name, args, queue))
+
+    def waiting(self, queue: str) -> int:
+        return self.held.get(queue, 0)
 
 
 @pytest.fixture
@@ -70,8 +76,7 @@ def queued_job(factory: sessionmaker[Session], **values: Any) -> str:
             status="queued",
             result_files=[],
             attempt=0,
-            queue="training",
-            **values,
+            **{"queue": "training", **values},
         )
         session.add(job)
         session.commit()
@@ -142,6 +147,18 @@ def test_reaper_republishes_only_stale_unclaimed_jobs(
     reap_once(factory, lifecycle_settings, published)
     assert sorted(args[0] for _, args, _ in published.sent) == sorted([never_sent, stale])
     assert fresh not in [args[0] for _, args, _ in published.sent]
+
+
+def test_reaper_republishes_only_as_many_jobs_as_the_broker_lost_oldest_first(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    long_ago = utcnow() - timedelta(seconds=600)
+    oldest = queued_job(factory, enqueued_at=long_ago - timedelta(seconds=60))
+    queued_job(factory, enqueued_at=long_ago)
+    queued_job(factory, enqueued_at=long_ago, queue="gpu-80g")
+    published = Published(held={"training": 1, "gpu-80g": 1})
+    reap_once(factory, lifecycle_settings, published)
+    assert published.sent == [("training.run_job", [oldest], "training")]
 
 
 def tiny_model_job(

@@ -99,6 +99,19 @@ def model_card(config: TrainingConfig, summary: dict[str, Any]) -> str:
     )
 
 
+ADAPTER_STAGING_PREFIX = ".adapter-"
+
+
+def discard_adapter_staging(output_dir: Path) -> list[Path]:
+    """Remove the staging directories of adapter saves that were interrupted; the paths."""
+    if not output_dir.is_dir():
+        return []
+    leftovers = [p for p in output_dir.iterdir() if p.name.startswith(ADAPTER_STAGING_PREFIX)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
 def save_adapter(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -108,7 +121,7 @@ def save_adapter(
 ) -> Path:
     """Write the adapter directory atomically (temp dir, then rename into place)."""
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=adapter_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=ADAPTER_STAGING_PREFIX, dir=adapter_dir.parent))
     try:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(staging)

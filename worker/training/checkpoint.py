@@ -4,8 +4,8 @@ A checkpoint holds the adapter (PEFT format, so it is also a downloadable model)
 optimizer, scheduler and grad-scaler states, every RNG state, and trainer_state.json with the
 step (which fixes the data position, see batching.py). It is written into a temporary
 directory and renamed into place; a directory without COMPLETE is ignored, so a crash while
-writing never leaves a checkpoint that looks usable. Only our own files are torch.load-ed,
-and with weights_only=True.
+writing never leaves a checkpoint that looks usable, and the next run removes what it left.
+Only our own files are torch.load-ed, and with weights_only=True.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+STAGING_PREFIX = ".step-"
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -45,6 +46,22 @@ def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
         if (step := checkpoint_step(path)) is not None and (path / COMPLETE_MARKER).is_file()
     ]
     return max(complete)[1] if complete else None
+
+
+def discard_partial_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Remove what an interrupted save left: staging directories, and step-N directories
+    without their COMPLETE marker (half written, or half replaced); the paths removed."""
+    if not checkpoints_dir.is_dir():
+        return []
+    leftovers = [
+        path
+        for path in checkpoints_dir.iterdir()
+        if path.name.startswith(STAGING_PREFIX)
+        or (checkpoint_step(path) is not None and not (path / COMPLETE_MARKER).is_file())
+    ]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
 
 
 def rng_states() -> dict[str, Any]:
@@ -80,7 +97,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoints/step-{step}/ atomically; `training_objects` have state_dict()."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=checkpoints_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{step}-", dir=checkpoints_dir))
     try:
         model.save_pretrained(str(staging / ADAPTER_DIR))
         for name, obj in training_objects.items():

@@ -12,10 +12,21 @@ from typing import Any, Literal
 import torch
 from transformers import set_seed
 
-from worker.training.artifacts import build_provenance, file_sha256, model_card, save_adapter
+from worker.training.artifacts import (
+    build_provenance,
+    discard_adapter_staging,
+    file_sha256,
+    model_card,
+    save_adapter,
+)
 from worker.training.batching import build_plan
 from worker.training.builders import build_optimizer, build_scheduler
-from worker.training.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
+from worker.training.checkpoint import (
+    discard_partial_checkpoints,
+    latest_complete_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from worker.training.config import TrainingConfig, TrainingPaths
 from worker.training.data import TokenizedDataset, load_dataset
 from worker.training.loop import (
@@ -69,6 +80,7 @@ def run_training(
 ) -> TrainingResult:
     """Train a LoRA adapter; resume from the newest complete checkpoint unless told not to."""
     hooks = hooks or TrainingHooks()
+    discard_interrupted_saves(paths)
     set_seed(config.seed)
     loaded = load_model(config, paths.models_dir)
     train_data, eval_data = load_data(config, paths, loaded.tokenizer)
@@ -102,6 +114,16 @@ def run_training(
         checkpoint_dir=last_checkpoint,
         results_csv=paths.results_csv,
     )
+
+
+def discard_interrupted_saves(paths: TrainingPaths) -> None:
+    """Remove what a run killed mid-save left in the output directory (staging directories,
+    half-written checkpoints): nothing reads them, and they would stay for good."""
+    for path in [
+        *discard_partial_checkpoints(paths.checkpoints_dir),
+        *discard_adapter_staging(paths.output_dir),
+    ]:
+        logger.info("removed %s, left by an interrupted save", path)
 
 
 def load_data(

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-StopReason = Literal["cancel", "pause"]
+# Why training stops early: the user cancelled or paused, or the worker is shutting down.
+StopReason = Literal["cancel", "pause", "shutdown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,8 @@ class StepMetrics:
 class TrainingHooks:
     """Callbacks the caller supplies; each is optional and must be a plain callable.
 
-    should_stop is called before every step; returning "cancel" or "pause" makes the
-    engine save a complete checkpoint and return with status "stopped".
+    should_stop is called before every step; returning a StopReason makes the engine save a
+    complete checkpoint and return with status "stopped".
     """
 
     on_metrics: Callable[[StepMetrics], None] | None = None

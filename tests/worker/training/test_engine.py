@@ -167,6 +167,26 @@ def test_resume_continues_exactly_where_it_stopped(
     )
 
 
+def test_the_next_run_removes_what_a_run_killed_mid_save_left(make_paths: MakePaths) -> None:
+    paths = make_paths()
+    run_training(build_config(max_steps=4), paths, StopAfter(2).hooks())
+    # What kill -9 leaves mid-save: a checkpoint's staging directory, a step directory whose
+    # marker went first while it was being replaced, and an adapter's staging directory.
+    staging = paths.checkpoints_dir / ".step-3-x1y2z3"
+    (staging / "adapter").mkdir(parents=True)
+    (staging / "optimizer.pt").write_bytes(b"truncated")
+    (paths.checkpoints_dir / "step-1" / "adapter").mkdir(parents=True)
+    (paths.output_dir / ".adapter-x1y2z3").mkdir()
+    resumed = run_training(build_config(max_steps=4), paths)
+    assert (resumed.status, resumed.resumed_from_step) == ("completed", 2)
+    assert sorted(p.name for p in paths.checkpoints_dir.iterdir()) == ["step-2", "step-4"]
+    assert sorted(p.name for p in paths.output_dir.iterdir()) == [
+        "adapter",
+        "checkpoints",
+        "results.csv",
+    ]
+
+
 def test_resume_can_be_declined(make_paths: MakePaths) -> None:
     paths = make_paths()
     run_training(build_config(max_steps=4), paths, StopAfter(2).hooks())
