@@ -97,6 +97,7 @@ class BaseRunner:
         self.adapters: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._model_lock = threading.Lock()  # steps, loads and unloads take turns
         self._open: deque[Choice] = deque()
+        self._current: Choice | None = None  # taken from _open, its step not done yet
         self._wakeup = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"generate-{entry.id}", daemon=True)
         self._thread.start()
@@ -144,7 +145,8 @@ class BaseRunner:
             return self.adapters[adapter].tokenizer
 
     def _evict_idle(self) -> None:
-        busy = {choice.adapter for choice in list(self._open)}
+        with self._wakeup:
+            busy = {choice.adapter for choice in [*self._open, self._current] if choice}
         for name in list(self.adapters):
             if len(self.adapters) < self.max_adapters:
                 return
@@ -177,9 +179,10 @@ class BaseRunner:
     def _run(self) -> None:
         while True:
             with self._wakeup:
+                self._current = None
                 while not self._open:
                     self._wakeup.wait()
-                choice = self._open.popleft()
+                choice = self._current = self._open.popleft()
             if choice.cancelled.is_set():
                 continue
             try:

@@ -49,6 +49,11 @@ async def _inference_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.param)
 
 
+async def _unexpected_error(_request: Request, exc: Exception) -> Response:
+    log.exception("inference failed", exc_info=exc)
+    return error_response(500, "internal_error", "the inference server failed on this request")
+
+
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -76,6 +81,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.add_exception_handler(InferenceError, _inference_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
