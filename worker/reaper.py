@@ -1,7 +1,9 @@
 """The reaper: recovery comes from the database, never from broker redelivery.
 
-- running jobs whose lease expired go back to queued (or fail after max_attempts);
-- queued jobs that nobody claimed are published again (a lost message, a restarted Redis).
+- running jobs and exports whose lease expired go back to queued (or fail once they have
+  lost max_attempts workers);
+- queued jobs and exports that nobody claimed are published again (a lost message, a
+  restarted Redis).
 
 Safe to run in every worker at once: each change is a compare-and-set.
 """
@@ -10,69 +12,102 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Job
+from app.db.models import Export, Job
 from app.queue import Enqueuer
 from app.services.events import add_event
+from app.services.exports import publish_export
 from app.services.jobs import publish
 from app.services.transitions import compare_and_set
 
 log = logging.getLogger(__name__)
 BATCH = 100
+Row = TypeVar("Row", Job, Export)
 
 
 def requeue_expired(session: Session, settings: Settings) -> list[str]:
-    """Running jobs with an expired lease -> queued (attempt bounded) or failed."""
-    now = utcnow()
-    expired = session.scalars(
-        select(Job).where(Job.status == "running", Job.lease_expires_at < now).limit(BATCH)
-    ).all()
+    """Running jobs with an expired lease -> queued, or failed at max_attempts lost workers."""
     requeued = []
-    for job in expired:
-        fence = {"attempt": job.attempt, "lease_owner": job.lease_owner}
-        if job.attempt >= settings.max_attempts:
-            message = f"the worker was lost {job.attempt} times; giving up"
-            error = {"code": "max_attempts_exceeded", "param": None, "message": message}
-            if compare_and_set(
-                session,
-                job.id,
-                from_statuses={"running"},
-                to_status="failed",
-                where=fence,
-                lease_owner=None,
-                lease_expires_at=None,
-                error=error,
-                finished_at=now,
-            ):
-                add_event(session, job, message, level="error")
-            session.commit()
-            continue
-        if compare_and_set(
-            session,
-            job.id,
-            from_statuses={"running"},
-            to_status="queued",
-            where=fence,
-            lease_owner=None,
-            lease_expires_at=None,
-            enqueued_at=None,
-        ):
+    for job in _expired(session, Job):
+        lost = job.lost_workers + 1
+        outcome = _release_lost(session, settings, job, lost)
+        if outcome == "failed":
+            add_event(session, job, gave_up(job, lost), level="error")
+        elif outcome == "queued":
             add_event(
                 session,
                 job,
-                f"Worker lost during attempt {job.attempt} (lease expired); "
-                "re-queued to resume from the newest complete checkpoint",
+                f"Worker lost during attempt {job.attempt} (lease expired; lost worker {lost} "
+                f"of {settings.max_attempts}); re-queued to resume from the newest complete "
+                "checkpoint",
                 level="warn",
             )
             requeued.append(job.id)
         session.commit()
     return requeued
+
+
+def requeue_expired_exports(session: Session, settings: Settings) -> list[str]:
+    """Running exports with an expired lease -> queued, or failed at max_attempts lost workers."""
+    requeued = []
+    for export in _expired(session, Export):
+        lost = export.lost_workers + 1
+        outcome = _release_lost(session, settings, export, lost)
+        session.commit()
+        if outcome == "queued":
+            requeued.append(export.id)
+        elif outcome == "failed":
+            log.error("export %s failed: %s", export.id, gave_up(export, lost))
+    return requeued
+
+
+def gave_up(row: Job | Export, lost: int) -> str:
+    """The error message of a row failed after `lost` lost workers."""
+    what = "job" if isinstance(row, Job) else "export"
+    return f"the worker running the {what} was lost {lost} times; giving up"
+
+
+def _expired(session: Session, table: type[Row]) -> Sequence[Row]:
+    return session.scalars(
+        select(table)
+        .where(table.status == "running", table.lease_expires_at < utcnow())
+        .limit(BATCH)
+    ).all()
+
+
+def _release_lost(
+    session: Session, settings: Settings, row: Job | Export, lost: int
+) -> Literal["queued", "failed"] | None:
+    """Record the `lost`th lost worker and queue the row again, or fail it once the budget is
+    spent; None when another reaper (or the worker, back from a stall) changed it first.
+
+    Counted only here, on a lease that expired: a pause, a resume or a worker handing its
+    row back on its way out starts another attempt without spending the budget.
+    """
+    released: dict[str, Any] = {
+        "from_statuses": {"running"},
+        "where": {"attempt": row.attempt, "lease_owner": row.lease_owner},
+        "table": type(row),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "lost_workers": lost,
+    }
+    if lost >= settings.max_attempts:
+        error = {"code": "max_attempts_exceeded", "param": None, "message": gave_up(row, lost)}
+        failed = compare_and_set(
+            session, row.id, to_status="failed", error=error, finished_at=utcnow(), **released
+        )
+        return "failed" if failed else None
+    queued = compare_and_set(session, row.id, to_status="queued", enqueued_at=None, **released)
+    return "queued" if queued else None
 
 
 def republish_unclaimed(session: Session, settings: Settings, enqueuer: Enqueuer) -> list[str]:
@@ -87,12 +122,33 @@ def republish_unclaimed(session: Session, settings: Settings, enqueuer: Enqueuer
     return [job.id for job in jobs if publish(session, settings, enqueuer, job)]
 
 
+def republish_unclaimed_exports(
+    session: Session, settings: Settings, enqueuer: Enqueuer
+) -> list[str]:
+    """Queued exports never published, or published long ago and still unclaimed."""
+    stale = utcnow() - timedelta(seconds=settings.requeue_after_s)
+    exports = session.scalars(
+        select(Export)
+        .where(
+            Export.status == "queued",
+            or_(Export.enqueued_at.is_(None), Export.enqueued_at < stale),
+        )
+        .order_by(Export.created_at)
+        .limit(BATCH)
+    ).all()
+    return [e.id for e in exports if publish_export(session, settings, enqueuer, e)]
+
+
 def reap_once(factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer) -> None:
     with factory() as session:
         for job_id in requeue_expired(session, settings):
             log.warning("re-queued job %s after its lease expired", job_id)
         for job_id in republish_unclaimed(session, settings, enqueuer):
             log.info("published job %s again", job_id)
+        for export_id in requeue_expired_exports(session, settings):
+            log.warning("re-queued export %s after its lease expired", export_id)
+        for export_id in republish_unclaimed_exports(session, settings, enqueuer):
+            log.info("published export %s again", export_id)
 
 
 class Reaper:
