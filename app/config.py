@@ -94,13 +94,23 @@ class Settings(BaseSettings):
         description=("A worker's device memory; detected on CUDA when unset, unlimited on the CPU"),
     )
     lease_seconds: float = Field(
-        120.0, description=("A running job's lease; the reaper re-queues the job when it expires")
+        120.0,
+        description=(
+            "A running job's or export's lease; the reaper re-queues it when the lease expires"
+        ),
     )
     heartbeat_seconds: float = Field(15.0, description="How often a worker extends its lease")
-    max_attempts: int = Field(3, description="Attempts before a job whose worker keeps dying fails")
+    max_attempts: int = Field(
+        3,
+        description=(
+            "Lost workers (a lease that expired: killed, out of memory, machine gone) after which "
+            "a job or export fails; pauses, resumes and stops that hand it back do not count"
+        ),
+    )
     reaper_interval_s: float = Field(15.0, description="How often each worker's reaper runs")
     requeue_after_s: float = Field(
-        300.0, description=("A queued job nobody claimed is published again after this long")
+        300.0,
+        description=("A queued job or export nobody claimed is published again after this long"),
     )
     metrics_flush_s: float = Field(
         2.0,
