@@ -114,7 +114,10 @@ class Settings(BaseSettings):
         ),
     )
     lease_seconds: float = Field(
-        120.0, description=("A running job's lease; the reaper re-queues the job when it expires")
+        120.0,
+        description=(
+            "A running job's or export's lease; the reaper re-queues it when the lease expires"
+        ),
     )
     heartbeat_seconds: float = Field(15.0, description="How often a worker extends its lease")
     stop_grace_s: float = Field(
@@ -125,13 +128,19 @@ class Settings(BaseSettings):
             "another worker and exits within this long (compose's `stop_grace_period` matches)"
         ),
     )
-    max_attempts: int = Field(3, description="Attempts before a job whose worker keeps dying fails")
+    max_attempts: int = Field(
+        3,
+        description=(
+            "Lost workers (a lease that expired: killed, out of memory, machine gone) after which "
+            "a job or export fails; pauses, resumes and stops that hand it back do not count"
+        ),
+    )
     reaper_interval_s: float = Field(15.0, description="How often each worker's reaper runs")
     requeue_after_s: float = Field(
         300.0,
         description=(
-            "A queued job whose message the broker lost is published again once it has "
-            "waited this long since its last publish"
+            "A queued job or export whose message the broker lost is published again once it "
+            "has waited this long since its last publish"
         ),
     )
     metrics_flush_s: float = Field(

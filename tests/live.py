@@ -116,11 +116,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`loraforge worker` as a subprocess (the caller stops it with `stop`)."""
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`loraforge worker [args]` as a subprocess (the caller stops it with `stop`)."""
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "app.cli", "worker", *args],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

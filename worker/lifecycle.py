@@ -1,5 +1,6 @@
-"""Claiming, leasing and finishing jobs. Every write is fenced on (attempt, lease_owner):
-a worker that lost its lease (the reaper gave the job to another attempt) writes nothing."""
+"""Claiming, leasing and finishing leased rows: jobs and exports. Every write is fenced on
+(attempt, lease_owner): a worker that lost its lease (the reaper gave the row to another
+attempt) writes nothing."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.models import Job
-from app.services.transitions import compare_and_set
+from app.services.transitions import Leased, compare_and_set
 
 log = logging.getLogger(__name__)
 
@@ -29,46 +30,53 @@ def worker_identity() -> str:
 
 @dataclass(frozen=True)
 class Claim:
-    """The right to run one attempt of a job."""
+    """The right to run one attempt of a job (or of another leased row: an export)."""
 
-    job_id: str
+    row_id: str
     attempt: int
     owner: str
+    table: Leased = Job
+
+    def __str__(self) -> str:
+        return f"{self.table.__tablename__} {self.row_id} attempt {self.attempt}"
 
     @property
     def fence(self) -> dict[str, Any]:
         return {"attempt": self.attempt, "lease_owner": self.owner}
 
 
-def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
+def claim(
+    session: Session, row_id: str, owner: str, lease_seconds: float, *, table: Leased = Job
+) -> Claim | None:
     """queued -> running with attempt+1 and a lease, or None if someone else has it."""
     now = utcnow()
     claimed = compare_and_set(
         session,
-        job_id,
+        row_id,
         from_statuses={"queued"},
         to_status="running",
-        attempt=Job.attempt + 1,
+        table=table,
+        attempt=table.attempt + 1,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
-        started_at=func.coalesce(Job.started_at, now),
+        started_at=func.coalesce(table.started_at, now),
     )
     if not claimed:
         session.rollback()
         return None
     session.commit()
-    job = session.get_one(Job, job_id)
-    session.refresh(job)
-    return Claim(job_id, job.attempt, owner)
+    attempt = session.execute(select(table.attempt).where(table.id == row_id)).scalar_one()
+    return Claim(row_id, attempt, owner, table)
 
 
 def extend_lease(session: Session, claim: Claim, lease_seconds: float) -> bool:
-    """Push the lease forward; False when the job is no longer ours."""
+    """Push the lease forward; False when the row is no longer ours."""
     extended = compare_and_set(
         session,
-        claim.job_id,
+        claim.row_id,
         from_statuses={"running"},
         where=claim.fence,
+        table=claim.table,
         lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
     )
     session.commit()
@@ -79,22 +87,18 @@ def finish(session: Session, claim: Claim, to_status: str, **values: Any) -> boo
     """running -> a final (or paused/queued) status, releasing the lease; fenced."""
     done = compare_and_set(
         session,
-        claim.job_id,
+        claim.row_id,
         from_statuses={"running"},
         to_status=to_status,
         where=claim.fence,
+        table=claim.table,
         lease_owner=None,
         lease_expires_at=None,
         **values,
     )
     if not done:
         session.rollback()
-        log.warning(
-            "job %s attempt %s lost its lease; not writing %s",
-            claim.job_id,
-            claim.attempt,
-            to_status,
-        )
+        log.warning("%s lost its lease; not writing %s", claim, to_status)
         return False
     return True
 
@@ -134,4 +138,4 @@ class Heartbeat:
                         return
             except Exception:
                 # A database hiccup is not a lost lease: try again at the next beat.
-                log.warning("heartbeat for %s failed", self.claim.job_id, exc_info=True)
+                log.warning("heartbeat for %s failed", self.claim, exc_info=True)

@@ -412,7 +412,7 @@ class _FencedWrite:
     def __enter__(self) -> tuple[Session, Job]:
         owned = compare_and_set(
             self.session,
-            self.claim.job_id,
+            self.claim.row_id,
             from_statuses={"running"},
             where=self.claim.fence,
             **(self.job_values or {"lease_owner": self.claim.owner}),
@@ -421,7 +421,7 @@ class _FencedWrite:
             self.session.rollback()
             self.session.close()
             raise LeaseLost
-        return self.session, self.session.get_one(Job, self.claim.job_id)
+        return self.session, self.session.get_one(Job, self.claim.row_id)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         try:

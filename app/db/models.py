@@ -89,7 +89,10 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(Json)
     result_files: Mapped[list[str]] = mapped_column(Json, default=list)
     estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Claims so far (a resume or a re-queue after a lost worker each start one): the fence.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Workers lost while running it (lease expired): the budget max_attempts bounds.
+    lost_workers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -132,7 +135,10 @@ class Checkpoint(Base):
 
 
 class Export(Base):
+    """A merged model a worker builds; claimed, leased and recovered as a job is."""
+
     __tablename__ = "export"
+    __table_args__ = (Index("ix_export_status", "status"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
@@ -143,7 +149,14 @@ class Export(Base):
     storage_key: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lost_workers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When its task was last published; NULL on a queued export: for the reaper's next pass.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

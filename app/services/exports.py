@@ -1,4 +1,4 @@
-"""Merged exports: create (commit, then enqueue by task name), read, list, content."""
+"""Merged exports: create (commit, then enqueue by task name), publish, read, list, content."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.base import new_id
+from app.db.base import new_id, utcnow
 from app.db.models import Export, Job
 from app.errors import ArtifactNotFound, ExportNotFound, InvalidExportState, InvalidJobState
 from app.queue import TASK_RUN_EXPORT, Enqueuer, try_send
@@ -14,6 +14,7 @@ from app.schemas.exports import ExportCreate
 from app.services.archives import SourceMissing, cached_tar_gz
 from app.services.downloads import Download
 from app.services.pagination import page_by_created
+from app.services.transitions import compare_and_set
 from app.storage import Storage
 
 # Merged weights are mostly incompressible; the fastest level keeps the first download short.
@@ -42,13 +43,33 @@ def create_export(
         dtype=body.dtype,
         status="queued",
         storage_key=export_key(export_id),
+        # Written with the export, which is published right after; a failed publish clears it
+        # for the reaper's next pass, and a process lost in between leaves the export to the
+        # reaper after requeue_after_s.
+        enqueued_at=utcnow(),
     )
     session.add(export)
     session.commit()
-    # A failed send leaves the export queued in the database, which stays the source of truth.
-    try_send(enqueuer, TASK_RUN_EXPORT, [export_id], settings.export_queue)
+    if not try_send(enqueuer, TASK_RUN_EXPORT, [export_id], settings.export_queue):
+        compare_and_set(
+            session, export_id, from_statuses={"queued"}, table=Export, enqueued_at=None
+        )
+        session.commit()
     session.refresh(export)
     return export
+
+
+def publish_export(
+    session: Session, settings: Settings, enqueuer: Enqueuer, export: Export
+) -> bool:
+    """Ring the export queue's bell for a committed queued export; record when it was sent."""
+    if not try_send(enqueuer, TASK_RUN_EXPORT, [export.id], settings.export_queue):
+        return False
+    compare_and_set(
+        session, export.id, from_statuses={"queued"}, table=Export, enqueued_at=utcnow()
+    )
+    session.commit()
+    return True
 
 
 def get_export(session: Session, job: Job, export_id: str) -> Export:

@@ -136,6 +136,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         status="queued",
         result_files=[],
         attempt=0,
+        lost_workers=0,
         cancel_requested=False,
         pause_requested=False,
         created_at=now,

@@ -262,3 +262,21 @@ def test_succeeded_export_without_files_is_404(
     response = client.get(f"{exports_url(job_id)}/{export_id}/content", headers=tenant_a.headers)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "artifact_not_found"
+
+
+def test_a_created_export_records_its_publish_and_a_failed_one_is_left_to_the_reaper(
+    client: TestClient,
+    tenant_a: Tenant,
+    enqueuer: RecordingEnqueuer,
+    session_factory: sessionmaker[Session],
+    job_id: str,
+):
+    sent = client.post(exports_url(job_id), headers=tenant_a.headers, json={"type": "merged"})
+    enqueuer.fail = True
+    unsent = client.post(exports_url(job_id), headers=tenant_a.headers, json={"type": "merged"})
+    with session_factory() as session:
+        published = session.get_one(Export, sent.json()["id"])
+        lost = session.get_one(Export, unsent.json()["id"])
+        assert published.enqueued_at is not None and published.attempt == 0
+        # NULL: the reaper's next pass publishes it, without waiting for requeue_after_s.
+        assert (lost.status, lost.enqueued_at) == ("queued", None)

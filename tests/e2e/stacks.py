@@ -70,8 +70,12 @@ class Stack:
             return worker_children(self.serve_pid)
         return [w.pid for w in self.workers if w.poll() is None]
 
-    def add_worker(self) -> None:
-        self.workers.append(start_worker(self.env, self.root / "worker.log"))
+    def add_worker(self, *queues: str) -> subprocess.Popen[bytes]:
+        """A worker on `queues` (every queue when none are named)."""
+        args = ("--queues", ",".join(queues)) if queues else ()
+        worker = start_worker(self.env, self.root / "worker.log", *args)
+        self.workers.append(worker)
+        return worker
 
     def kill_worker(self) -> int:
         """kill -9 a worker mid-job; a new one comes from serve's supervisor or from here."""

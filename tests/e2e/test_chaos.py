@@ -1,19 +1,27 @@
-"""Chaos with real processes: a Redis restart that loses queued messages, and one message
-delivered twice to two workers."""
+"""Chaos with real processes: a Redis restart that loses queued messages, one message
+delivered twice to two workers, and a worker killed mid-export."""
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from kombu import Connection
 from kombu.exceptions import ChannelError
+from sqlalchemy import create_engine, select
 
+from app.db.models import Export
 from app.queue import TASK_RUN_JOB
 from tests.e2e.stacks import (
     create_job,
@@ -149,4 +157,80 @@ def test_one_message_delivered_twice_trains_once(tmp_path: Path):
             ),
             30,
             "the second delivery to be skipped",
+        )
+
+
+def export_status(client: httpx.Client, job_id: str, export_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = client.get(f"/fine_tuning/jobs/{job_id}/exports/{export_id}").json()
+    return data
+
+
+def export_lease(database_url: str, export_id: str) -> tuple[int, int, str | None]:
+    """(attempt, lost_workers, lease_owner) of the export, from the stack's database."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(Export.attempt, Export.lost_workers, Export.lease_owner).where(
+                    Export.id == export_id
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return row.attempt, row.lost_workers, row.lease_owner
+
+
+def test_kill_9_mid_export_another_worker_builds_it(tmp_path: Path):
+    from transformers import AutoModelForCausalLM
+
+    with postgres_redis_stack(tmp_path, workers=0) as stack:
+        client = stack.client()
+        stack.add_worker(stack.env["LORAFORGE_JOB_QUEUE"])
+        job_id = create_job(client, upload(client, hello_dataset(20)), max_steps=6)["id"]
+        trained = wait_status(client, job_id, "succeeded", "failed")
+        assert trained["status"] == "succeeded", trained["error"]
+        # A worker of its own for exports: the merge (and the torch stack it first loads) runs
+        # for seconds there, long enough to see the export running and kill its worker.
+        exporter = stack.add_worker(stack.env["LORAFORGE_EXPORT_QUEUE"])
+        created = client.post(
+            f"/fine_tuning/jobs/{job_id}/exports", json={"type": "merged", "dtype": "float32"}
+        )
+        assert created.status_code == 200, created.text
+        export_id = created.json()["id"]
+        seen = wait_for(
+            lambda: (lambda e: e if e["status"] != "queued" else None)(
+                export_status(client, job_id, export_id)
+            ),
+            120,
+            "the export to start",
+            interval=0.05,
+        )
+        assert seen["status"] == "running", seen
+        database_url = stack.env["LORAFORGE_DATABASE_URL"]
+        attempt, _, owner = export_lease(database_url, export_id)
+        assert attempt == 1 and owner is not None
+        assert int(owner.split(":")[1]) == exporter.pid  # host:pid:random
+        os.kill(exporter.pid, signal.SIGKILL)
+        exporter.wait(10)
+        assert export_status(client, job_id, export_id)["status"] == "running"
+
+        stack.add_worker(stack.env["LORAFORGE_EXPORT_QUEUE"])
+        done = wait_for(
+            lambda: (lambda e: e if e["status"] in ("succeeded", "failed") else None)(
+                export_status(client, job_id, export_id)
+            ),
+            240,
+            "the export to finish on the new worker",
+        )
+        assert done["status"] == "succeeded", done
+        assert export_lease(database_url, export_id) == (2, 1, None)
+        content = client.get(f"/fine_tuning/jobs/{job_id}/exports/{export_id}/content")
+        assert content.status_code == 200, content.text
+        with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
+            archive.extractall(tmp_path / "merged", filter="data")
+        (merged_dir,) = (tmp_path / "merged").iterdir()
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+        assert not any("lora" in name for name, _ in merged.named_parameters())
+        assert sorted(done["details"]["files"]) == sorted(
+            p.name for p in merged_dir.iterdir() if p.name != "export.json"
         )

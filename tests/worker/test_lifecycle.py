@@ -262,3 +262,77 @@ def test_a_cpu_worker_leaves_a_job_larger_than_its_ram_queued(
     )
     assert runs_on(lifecycle_settings, factory, job_id) is None
     assert_left_queued_for_another_worker(factory, job_id)
+
+
+def pause_and_resume(factory: sessionmaker[Session], settings: Settings, job_id: str) -> None:
+    """One claim that ends in a pause, then the user's resume: the API's own path."""
+    from app.services.jobs import get_job, resume_job
+
+    with factory() as session:
+        attempt = claim(session, job_id, "worker", 30)
+        assert attempt is not None
+        assert finish(session, attempt, "paused", pause_requested=False)
+        session.commit()
+        job = session.get_one(Job, job_id)
+        resume_job(session, settings, Published(), get_job(session, job.organization_id, job_id))
+
+
+def test_pauses_and_resumes_do_not_spend_the_lost_worker_budget(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    settings = lifecycle_settings.model_copy(update={"max_attempts": 3})
+    job_id = queued_job(factory, enqueued_at=utcnow())
+    for _ in range(2):
+        pause_and_resume(factory, settings, job_id)
+    with factory() as session:
+        third = claim(session, job_id, "worker", lease_seconds=-1)  # then killed
+        assert third is not None and third.attempt == 3
+    reap_once(factory, settings, Published())
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt, job.lost_workers, job.error) == ("queued", 3, 1, None)
+        assert claim(session, job_id, "worker", 30) is not None  # and it runs again
+
+
+def test_a_job_handed_back_by_its_worker_does_not_count_as_lost(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    job_id = queued_job(factory, enqueued_at=utcnow())
+    with factory() as session:
+        stopping = claim(session, job_id, "worker", 30)
+        assert stopping is not None
+        # A worker told to stop releases its job for another one.
+        assert finish(session, stopping, "queued")
+        session.commit()
+    with factory() as session:
+        assert claim(session, job_id, "worker", lease_seconds=-1) is not None
+    reap_once(factory, lifecycle_settings, Published())
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt, job.lost_workers) == ("queued", 2, 1)
+
+
+def test_the_lost_worker_budget_fails_a_job_at_max_attempts_losses(
+    factory: sessionmaker[Session], lifecycle_settings: Settings
+):
+    settings = lifecycle_settings.model_copy(update={"max_attempts": 3})
+    job_id = queued_job(factory, enqueued_at=utcnow())
+    pause_and_resume(factory, settings, job_id)
+    statuses = []
+    for _ in range(settings.max_attempts):
+        with factory() as session:
+            assert claim(session, job_id, "worker", lease_seconds=-1) is not None
+        reap_once(factory, settings, Published())
+        with factory() as session:
+            statuses.append(session.get_one(Job, job_id).status)
+    assert statuses == ["queued", "queued", "failed"]
+    with factory() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.attempt, job.lost_workers) == (4, 3)
+        assert job.error == {
+            "code": "max_attempts_exceeded",
+            "param": None,
+            "message": "the worker running the job was lost 3 times; giving up",
+        }
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id))
+        assert job.error["message"] in list(messages)

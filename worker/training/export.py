@@ -98,7 +98,13 @@ def export_merged(
         base, adapter_dir, models_dir, dtype=dtype, device=device, check_texts=check_texts
     )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent))
+    prefix = f".{output_dir.name}.staging-"
+    # Left by an earlier attempt killed mid-save. Only the lease holder's save counts: an
+    # attempt that stalled past its lease and loses its staging here fails, and its fenced
+    # write of that failure is refused.
+    for leftover in output_dir.parent.glob(f"{prefix}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
     try:
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(staging)

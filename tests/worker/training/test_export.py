@@ -79,3 +79,19 @@ def test_large_exports_are_sharded_and_bf16_stays_close(
     merged = AutoModelForCausalLM.from_pretrained(output)
     assert merged.dtype == torch.bfloat16
     assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_an_export_clears_what_an_attempt_killed_mid_save_left_behind(
+    adapter_dir: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "ftexp-1"
+    killed = tmp_path / ".ftexp-1.staging-abc123"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"\0" * 1024)  # cut short
+    other = tmp_path / ".ftexp-2.staging-def456"  # another export's save, still running
+    other.mkdir()
+    result = export_merged(TINY, adapter_dir, output, models_dir, dtype="float32")
+    assert not killed.exists()
+    assert other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, output.name]
+    assert "model.safetensors" in result.files
