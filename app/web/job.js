@@ -7,6 +7,7 @@ import {
   TERMINAL,
   el,
   etaSeconds,
+  formatBytes,
   formatDuration,
   formatNumber,
   formatRate,
@@ -16,6 +17,16 @@ import {
 
 const POLL_MS = 2000;
 const PENDING_EXPORT = new Set(["queued", "running"]);
+
+// What the worker measured on a merged export (worker/exports.py writes these keys): the
+// largest logit difference between the merged model and base + adapter, and its size.
+function exportDetails(details) {
+  if (!details) return "";
+  const parts = [];
+  if (details.max_abs_logit_diff != null) parts.push(`max logit difference ${formatRate(details.max_abs_logit_diff)}`);
+  if (details.bytes != null) parts.push(formatBytes(details.bytes));
+  return parts.join(" · ");
+}
 
 export function render(root, { id }, { announce }) {
   const $ = (selector) => root.querySelector(selector);
@@ -119,10 +130,10 @@ export function render(root, { id }, { announce }) {
 
   function exportRow(item) {
     const cells = [
-      el("td", {}, el("code", {}, item.id)),
+      el("td", {}, el("code", { className: "id" }, item.id)),
       el("td", {}, item.dtype),
       el("td", {}, statusBadge(item.status)),
-      el("td", {}, item.error ? item.error.message : item.details?.max_logit_diff != null ? `max logit diff ${formatRate(item.details.max_logit_diff)}` : ""),
+      el("td", {}, item.error ? item.error.message : exportDetails(item.details)),
     ];
     const action = el("td", {});
     if (item.status === "succeeded") {
