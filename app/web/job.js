@@ -12,6 +12,7 @@ import {
   formatNumber,
   formatRate,
   formatTime,
+  labelCells,
   statusBadge,
 } from "./format.js";
 
@@ -155,7 +156,11 @@ export function render(root, { id }, { announce }) {
 
   async function refreshExports() {
     const page = await api(`${path}/exports?limit=100`);
-    $("#exports-table tbody").replaceChildren(...page.data.map(exportRow));
+    const table = $("#exports-table");
+    table.tBodies[0].replaceChildren(...page.data.map(exportRow));
+    labelCells(table);
+    table.hidden = page.data.length === 0;
+    $("#exports-empty").hidden = page.data.length > 0;
     exportsPending = page.data.some((item) => PENDING_EXPORT.has(item.status));
   }
 
@@ -241,5 +246,6 @@ export function render(root, { id }, { announce }) {
   return () => {
     controller.abort();
     clearTimeout(timer);
+    chart.dispose();
   };
 }
