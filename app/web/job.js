@@ -65,6 +65,7 @@ export function render(root, { id }, { announce }) {
     $("#job-model").textContent = job.model;
     $("#job-fine-tuned").textContent = job.fine_tuned_model || "–";
     $("#job-training-file").textContent = job.training_file;
+    $("#legend-eval").hidden = !job.validation_file;
     $("#job-created").textContent = formatTime(job.created_at);
     $("#job-finished").textContent = formatTime(job.finished_at);
     $("#stat-attempt").textContent = String(job.attempt);
@@ -101,7 +102,7 @@ export function render(root, { id }, { announce }) {
   function logEvent(event) {
     const log = $("#events-log");
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.append(
+    log.querySelector("ol").append(
       el(
         "li",
         { className: `level-${event.level}` },
