@@ -31,5 +31,5 @@ class ExportPublic(BaseModel):
     dtype: ExportDtype
     status: ExportStatus
     error: JobError | None
-    # What the worker measured: max_logit_diff against base + adapter, bytes, files.
+    # What the worker measured: max_abs_logit_diff against base + adapter, bytes, files.
     details: dict[str, Any] | None

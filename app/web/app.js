@@ -1,5 +1,7 @@
 // The dashboard's shell: sign-in, the hash router (#/jobs, #/jobs/ID, #/new, #/files),
 // navigation state, focus on view change, and the status line screen readers announce.
+// The status line speaks for the view it was written on: opening another view clears it
+// (a message meant for the next view is passed to navigate()).
 
 import { api, session } from "./api.js";
 import * as filesView from "./files.js";
@@ -19,16 +21,28 @@ const statusBar = document.getElementById("status");
 const nav = document.getElementById("nav");
 const signOutButton = document.getElementById("sign-out");
 let cleanup = null;
+// Bumped by each message and each view change: a message still waiting for its animation
+// frame when the view changes is dropped, not shown on the next view.
+let statusVersion = 0;
+let nextViewMessage = null;
 
 function announce(message) {
   // Clear first so that the same message twice is announced twice.
+  const version = ++statusVersion;
   statusBar.textContent = "";
   requestAnimationFrame(() => {
-    statusBar.textContent = message;
+    if (version === statusVersion) statusBar.textContent = message;
   });
 }
 
-function navigate(hash) {
+function clearStatus() {
+  statusVersion += 1;
+  statusBar.textContent = "";
+}
+
+// Open a view; `message` is announced on it (say, "Created job ..." on the new job's page).
+function navigate(hash, message = null) {
+  nextViewMessage = message;
   if (location.hash === hash) route();
   else location.hash = hash;
 }
@@ -75,8 +89,8 @@ function showSignIn(message) {
       return;
     }
     session.key = key;
-    announce("Signed in.");
     route();
+    announce("Signed in.");
   });
   input.focus();
 }
@@ -91,6 +105,9 @@ function parseHash() {
 function route() {
   cleanup?.();
   cleanup = null;
+  clearStatus();
+  const message = nextViewMessage;
+  nextViewMessage = null;
   if (!session.key) {
     showSignIn();
     return;
@@ -108,6 +125,7 @@ function route() {
   mount(spec.template);
   cleanup = spec.module.render(main, params, context) || null;
   focusHeading();
+  if (message) announce(message);
 }
 
 session.onUnauthorized = (message) => {
@@ -115,13 +133,14 @@ session.onUnauthorized = (message) => {
   session.key = null;
   cleanup?.();
   cleanup = null;
+  clearStatus();
   showSignIn(`Signed out: ${message || "the key was refused"}.`);
 };
 
 signOutButton.addEventListener("click", () => {
   session.key = null;
-  announce("Signed out.");
   route();
+  announce("Signed out.");
 });
 
 window.addEventListener("hashchange", route);

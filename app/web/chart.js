@@ -1,11 +1,14 @@
 // The loss chart: training loss as a line, validation loss as a line with markers, drawn
 // as SVG. Points are keyed by step, so steps trained again after a resume replace the old.
+// One SVG unit is one CSS pixel: the chart is redrawn at its box's width when that changes,
+// so its labels keep their size on a phone instead of shrinking with a scaled drawing.
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 800;
-const HEIGHT = 300;
-const MARGIN = { top: 12, right: 16, bottom: 34, left: 56 };
-const TICKS = 5;
+const DEFAULT_WIDTH = 800;
+const MARGIN = { top: 12, right: 20, bottom: 40, left: 56 };
+// Room per tick label, in pixels: fewer ticks on a narrow chart, so labels never collide.
+const PX_PER_X_TICK = 80;
+const PX_PER_Y_TICK = 45;
 
 function svgEl(tag, attributes = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -34,6 +37,27 @@ export class LossChart {
     this.eval = new Map();
     this.totalSteps = 0;
     this.pending = false;
+    this.width = 0;
+    this.height = 0;
+    this.resize();
+    this.observer = new ResizeObserver(() => {
+      if (this.resize()) this.schedule();
+    });
+    this.observer.observe(svg);
+  }
+
+  // Size the drawing to the box (height follows the width, within 200..300 px); true if changed.
+  resize() {
+    const width = Math.round(this.svg.clientWidth) || DEFAULT_WIDTH;
+    if (width === this.width) return false;
+    this.width = width;
+    this.height = Math.round(Math.min(300, Math.max(200, width * 0.4)));
+    this.svg.setAttribute("viewBox", `0 0 ${this.width} ${this.height}`);
+    return true;
+  }
+
+  dispose() {
+    this.observer.disconnect();
   }
 
   add(metrics) {
@@ -82,11 +106,11 @@ export class LossChart {
     const pad = (high - low) * 0.05 || Math.abs(high) * 0.05 || 1;
     low -= pad;
     high += pad;
-    const plotW = WIDTH - MARGIN.left - MARGIN.right;
-    const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
+    const plotW = this.width - MARGIN.left - MARGIN.right;
+    const plotH = this.height - MARGIN.top - MARGIN.bottom;
     const x = (step) => MARGIN.left + (step / lastStep) * plotW;
     const y = (loss) => MARGIN.top + (1 - (loss - low) / (high - low)) * plotH;
-    this.axes(x, y, lastStep, low, high);
+    this.axes(x, y, lastStep, low, high, plotW, plotH);
     const path = (points) =>
       points.map(([s, l], i) => `${i ? "L" : "M"}${x(s).toFixed(1)},${y(l).toFixed(1)}`).join("");
     this.svg.append(svgEl("path", { d: path(train), class: "line train-line" }));
@@ -107,26 +131,29 @@ export class LossChart {
     );
   }
 
-  axes(x, y, lastStep, low, high) {
-    const bottom = HEIGHT - MARGIN.bottom;
+  axes(x, y, lastStep, low, high, plotW, plotH) {
+    const bottom = this.height - MARGIN.bottom;
+    const right = this.width - MARGIN.right;
     const group = svgEl("g", { class: "axes", "aria-hidden": "true" });
-    for (const value of ticks(low, high, TICKS)) {
+    for (const value of ticks(low, high, Math.max(2, Math.floor(plotH / PX_PER_Y_TICK)))) {
       if (value < low || value > high) continue;
       group.append(
-        svgEl("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: y(value), y2: y(value), class: "grid" }),
+        svgEl("line", { x1: MARGIN.left, x2: right, y1: y(value), y2: y(value), class: "grid" }),
         svgEl("text", { x: MARGIN.left - 6, y: y(value) + 4, "text-anchor": "end" }, value.toString()),
       );
     }
-    for (const value of ticks(0, lastStep, TICKS)) {
+    for (const value of ticks(0, lastStep, Math.max(2, Math.floor(plotW / PX_PER_X_TICK)))) {
       if (!Number.isInteger(value)) continue;
+      // The label of a tick at the right edge ends there rather than running off the chart.
+      const anchor = x(value) > right - 20 ? "end" : "middle";
       group.append(
         svgEl("line", { x1: x(value), x2: x(value), y1: bottom, y2: bottom + 5, class: "tick" }),
-        svgEl("text", { x: x(value), y: bottom + 18, "text-anchor": "middle" }, String(value)),
+        svgEl("text", { x: x(value), y: bottom + 18, "text-anchor": anchor }, String(value)),
       );
     }
     group.append(
-      svgEl("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: bottom, y2: bottom, class: "axis" }),
-      svgEl("text", { x: WIDTH - MARGIN.right, y: HEIGHT - 2, "text-anchor": "end" }, "step"),
+      svgEl("line", { x1: MARGIN.left, x2: right, y1: bottom, y2: bottom, class: "axis" }),
+      svgEl("text", { x: MARGIN.left + plotW / 2, y: this.height - 4, "text-anchor": "middle" }, "step"),
     );
     this.svg.append(group);
   }

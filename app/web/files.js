@@ -1,7 +1,7 @@
 // Files: upload with a progress bar, a refused file's problems by line, list and delete.
 
 import { api, uploadFile } from "./api.js";
-import { el, formatBytes, formatTime } from "./format.js";
+import { el, formatBytes, formatTime, labelCells } from "./format.js";
 
 function problemsTable(error) {
   const rows = error.problems.map((problem) =>
@@ -17,23 +17,17 @@ function problemsTable(error) {
   const shown = error.problems.length;
   const more =
     error.problemCount > shown ? el("p", { className: "hint" }, `Showing the first ${shown} of ${error.problemCount} problems.`) : null;
+  const table = el(
+    "table",
+    { className: "problems stack-narrow", id: "problems-table" },
+    el("caption", {}, `Problems in the file (${error.problemCount})`),
+    el("thead", {}, el("tr", {}, ...["Line", "Field", "Code", "Message"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...rows),
+  );
+  labelCells(table);
   return [
     el("p", { className: "error" }, `The file was refused: ${error.message}`),
-    el(
-      "div",
-      { className: "table-wrap" },
-      el(
-        "table",
-        { className: "problems", id: "problems-table" },
-        el("caption", {}, `Problems in the file (${error.problemCount})`),
-        el(
-          "thead",
-          {},
-          el("tr", {}, ...["Line", "Field", "Code", "Message"].map((h) => el("th", { scope: "col" }, h))),
-        ),
-        el("tbody", {}, ...rows),
-      ),
-    ),
+    el("div", { className: "table-wrap" }, table),
     more,
   ];
 }
@@ -54,6 +48,7 @@ export function render(root, _params, { announce }) {
     const page = await api("/files?limit=100");
     if (!alive) return;
     tbody.replaceChildren(...page.data.map(fileRow));
+    labelCells(tbody.parentElement);
     empty.hidden = page.data.length > 0;
   }
 
@@ -65,7 +60,7 @@ export function render(root, _params, { announce }) {
       "tr",
       { dataset: { fileId: file.id } },
       el("td", {}, file.filename),
-      el("td", {}, el("code", {}, file.id)),
+      el("td", {}, el("code", { className: "id" }, file.id)),
       el("td", {}, file.purpose),
       el("td", { className: "num" }, file.stats ? String(file.stats.examples) : "–"),
       el("td", {}, file.stats?.format || "–"),

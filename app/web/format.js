@@ -66,3 +66,16 @@ export function el(tag, props = {}, ...children) {
 export function statusBadge(status) {
   return el("span", { className: `badge status-${status}` }, status.replace("_", " "));
 }
+
+// Give every body cell its column's name (data-label): on narrow screens the stack-narrow
+// tables show each row as lines of "name value". Visually hidden headers give no label.
+export function labelCells(table) {
+  const names = [...table.tHead.rows[0].cells].map((header) =>
+    header.querySelector(".visually-hidden") ? "" : header.textContent.trim(),
+  );
+  for (const row of table.tBodies[0].rows) {
+    [...row.cells].forEach((cell, i) => {
+      cell.dataset.label = names[i] ?? "";
+    });
+  }
+}

@@ -7,15 +7,27 @@ import {
   TERMINAL,
   el,
   etaSeconds,
+  formatBytes,
   formatDuration,
   formatNumber,
   formatRate,
   formatTime,
+  labelCells,
   statusBadge,
 } from "./format.js";
 
 const POLL_MS = 2000;
 const PENDING_EXPORT = new Set(["queued", "running"]);
+
+// What the worker measured on a merged export (worker/exports.py writes these keys): the
+// largest logit difference between the merged model and base + adapter, and its size.
+function exportDetails(details) {
+  if (!details) return "";
+  const parts = [];
+  if (details.max_abs_logit_diff != null) parts.push(`max logit difference ${formatRate(details.max_abs_logit_diff)}`);
+  if (details.bytes != null) parts.push(formatBytes(details.bytes));
+  return parts.join(" · ");
+}
 
 export function render(root, { id }, { announce }) {
   const $ = (selector) => root.querySelector(selector);
@@ -53,6 +65,7 @@ export function render(root, { id }, { announce }) {
     $("#job-model").textContent = job.model;
     $("#job-fine-tuned").textContent = job.fine_tuned_model || "–";
     $("#job-training-file").textContent = job.training_file;
+    $("#legend-eval").hidden = !job.validation_file;
     $("#job-created").textContent = formatTime(job.created_at);
     $("#job-finished").textContent = formatTime(job.finished_at);
     $("#stat-attempt").textContent = String(job.attempt);
@@ -89,7 +102,7 @@ export function render(root, { id }, { announce }) {
   function logEvent(event) {
     const log = $("#events-log");
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.append(
+    log.querySelector("ol").append(
       el(
         "li",
         { className: `level-${event.level}` },
@@ -119,10 +132,10 @@ export function render(root, { id }, { announce }) {
 
   function exportRow(item) {
     const cells = [
-      el("td", {}, el("code", {}, item.id)),
+      el("td", {}, el("code", { className: "id" }, item.id)),
       el("td", {}, item.dtype),
       el("td", {}, statusBadge(item.status)),
-      el("td", {}, item.error ? item.error.message : item.details?.max_logit_diff != null ? `max logit diff ${formatRate(item.details.max_logit_diff)}` : ""),
+      el("td", {}, item.error ? item.error.message : exportDetails(item.details)),
     ];
     const action = el("td", {});
     if (item.status === "succeeded") {
@@ -144,7 +157,11 @@ export function render(root, { id }, { announce }) {
 
   async function refreshExports() {
     const page = await api(`${path}/exports?limit=100`);
-    $("#exports-table tbody").replaceChildren(...page.data.map(exportRow));
+    const table = $("#exports-table");
+    table.tBodies[0].replaceChildren(...page.data.map(exportRow));
+    labelCells(table);
+    table.hidden = page.data.length === 0;
+    $("#exports-empty").hidden = page.data.length > 0;
     exportsPending = page.data.some((item) => PENDING_EXPORT.has(item.status));
   }
 
@@ -230,5 +247,6 @@ export function render(root, { id }, { announce }) {
   return () => {
     controller.abort();
     clearTimeout(timer);
+    chart.dispose();
   };
 }

@@ -1,7 +1,7 @@
 // Jobs list: status, progress (step/total from the latest metrics event) and ETA, refreshed.
 
 import { api } from "./api.js";
-import { TERMINAL, el, etaSeconds, formatDuration, formatTime, statusBadge } from "./format.js";
+import { TERMINAL, el, etaSeconds, formatDuration, formatTime, labelCells, statusBadge } from "./format.js";
 
 const REFRESH_MS = 3000;
 
@@ -43,7 +43,7 @@ export function render(root, _params, { announce }) {
         return el(
           "tr",
           { dataset: { jobId: job.id } },
-          el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
+          el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, className: "id" }, job.id)),
           el("td", {}, job.fine_tuned_model || job.model),
           el("td", {}, statusBadge(job.status)),
           progressCell(job, metrics[i]),
@@ -52,6 +52,7 @@ export function render(root, _params, { announce }) {
         );
       }),
     );
+    labelCells(tbody.parentElement);
     empty.hidden = page.data.length > 0;
   }
 

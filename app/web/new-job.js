@@ -95,7 +95,7 @@ function estimateView(estimate) {
   return lines;
 }
 
-export function render(root, _params, { announce, navigate }) {
+export function render(root, _params, { navigate }) {
   const form = root.querySelector("#job-form");
   const estimateBox = root.querySelector("#estimate");
   const formError = root.querySelector("#job-form-error");
@@ -165,8 +165,7 @@ export function render(root, _params, { announce, navigate }) {
     submit.disabled = true;
     try {
       const job = await api("/fine_tuning/jobs", { method: "POST", json: body });
-      announce(`Created job ${job.id}.`);
-      navigate(`#/jobs/${encodeURIComponent(job.id)}`);
+      navigate(`#/jobs/${encodeURIComponent(job.id)}`, `Created job ${job.id}.`);
     } catch (error) {
       formError.textContent = `The job was not created: ${error.message}`;
       markInvalid(error.param);

@@ -21,7 +21,7 @@ MERGED_FILES = {
     "config.json": b'{"model_type": "llama"}',
     "model.safetensors": os.urandom(8192),
     "tokenizer.json": b'{"version": "1.0"}',
-    "export.json": b'{"max_logit_diff": 0.0001}',
+    "export.json": b'{"max_abs_logit_diff": 0.0001}',
 }
 
 
@@ -168,7 +168,7 @@ def test_read_export_shows_what_the_worker_recorded(
     export_id = client.post(
         exports_url(job_id), headers=tenant_a.headers, json={"type": "merged"}
     ).json()["id"]
-    details = {"max_logit_diff": 0.00012, "bytes": 8192, "files": ["model.safetensors"]}
+    details = {"max_abs_logit_diff": 0.00012, "bytes": 8192, "files": ["model.safetensors"]}
     finish_export(session_factory, export_id, details=details)
 
     export = client.get(f"{exports_url(job_id)}/{export_id}", headers=tenant_a.headers).json()

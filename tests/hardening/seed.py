@@ -128,7 +128,7 @@ def seed_organization(
         step_dir = data_dir / checkpoint.storage_key
         write_files(step_dir, {"COMPLETE": b"2\n", "optimizer.pt": b"state"})
         write_files(step_dir / "adapter", ADAPTER_FILES)
-        export = add_export(session, done, finished_at=now, details={"max_logit_diff": 0.0})
+        export = add_export(session, done, finished_at=now, details={"max_abs_logit_diff": 0.0})
         queued_export = add_export(session, done, status="queued")
         write_files(data_dir / f"exports/{export.id}", MERGED_FILES)
 

@@ -4,7 +4,7 @@ driven by Playwright. Nothing here downloads a browser; without one the tests fa
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
 UI_TIMEOUT_MS = 30_000
+# axe-core, vendored (version and source in its folder's README): no network at test time.
+AXE_CORE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +61,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def page(browser: Any, stack: Stack) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True, base_url=stack.base_url)
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    opened = context.new_page()
+def open_page(browser: Any, stack: Stack) -> Iterator[Callable[..., Any]]:
+    """Opens pages in fresh browser contexts (no key in their session storage), at a given
+    viewport, with axe-core loaded when asked; JavaScript errors on any of them fail the test."""
+    contexts: list[Any] = []
     errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    yield opened
-    context.close()
+
+    def open_one(viewport: dict[str, int] = VIEWPORT, *, axe: bool = False) -> Any:
+        context = browser.new_context(
+            viewport=viewport, accept_downloads=True, base_url=stack.base_url
+        )
+        contexts.append(context)
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        if axe:
+            # An init script runs before the page's own and outside its Content-Security-Policy,
+            # so the page under test keeps its policy.
+            context.add_init_script(path=str(AXE_CORE))
+        opened = context.new_page()
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        return opened
+
+    yield open_one
+    for context in contexts:
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(open_page: Callable[..., Any]) -> Any:
+    return open_page()

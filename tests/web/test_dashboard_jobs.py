@@ -111,6 +111,8 @@ def test_new_job_trains_with_a_live_chart_and_downloads_its_weights(
 
     expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
     job_id = page.locator("#job-id").inner_text()
+    # The creation is announced on the page it led to.
+    expect(page.locator("#status")).to_have_text(f"Created job {job_id}.")
     counts = [plotted_points(page)]
     screenshot_taken = False
     deadline = time.monotonic() + JOB_TIMEOUT_S
