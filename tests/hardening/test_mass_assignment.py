@@ -105,6 +105,17 @@ def valid_bodies(training_file: str, job_id: str) -> dict[str, tuple[str, dict[s
             f"/v1/fine_tuning/jobs/{job_id}/exports",
             {"type": "merged"},
         ),
+        "/v1/chat/completions": (
+            "/v1/chat/completions",
+            {
+                "model": "loraforge/tiny-random-llama",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ),
+        "/v1/completions": (
+            "/v1/completions",
+            {"model": "loraforge/tiny-random-llama", "prompt": "hi"},
+        ),
     }
 
 

@@ -15,6 +15,7 @@ from app.api.deps import CurrentOrgDep, SettingsDep, read_engine
 from app.api.routes import ERROR_RESPONSES
 from app.api.slots import OrganizationSlots
 from app.config import Settings
+from app.schemas.common import ErrorResponse
 from app.schemas.completions import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -31,7 +32,9 @@ from app.services.inference import (
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
 
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"description": "Chunks, then `data: [DONE]`"}}}
+    200: {"content": {"text/event-stream": {"description": "Chunks, then `data: [DONE]`"}}},
+    502: {"model": ErrorResponse, "description": "The inference server could not load the model"},
+    503: {"model": ErrorResponse, "description": "No inference server for the model's base"},
 }
 
 
