@@ -214,8 +214,8 @@ class JobRunner:
         message = (
             f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
         )
-        if metrics.eval_loss is not None:
-            message += f", validation loss={metrics.eval_loss:.4f}"
+        if metrics.valid_loss is not None:
+            message += f", validation loss={metrics.valid_loss:.4f}"
         self.pending.append({"message": message, "data": data})
         self._flush(force=False)
 
@@ -224,11 +224,16 @@ class JobRunner:
         self._check_lease()
         # Stored before its row is written: a listed checkpoint can always be downloaded.
         key = self.workspace.save_checkpoint(path)
+        # OpenAI's checkpoint metrics: valid_* and full_valid_* from this checkpoint's pass over
+        # the whole validation set (None without a validation file).
         values = {
             "step": step,
             "train_loss": metrics.train_loss,
-            "valid_loss": metrics.eval_loss,
-            "valid_mean_token_accuracy": metrics.eval_token_accuracy,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            "valid_loss": metrics.valid_loss,
+            "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+            "full_valid_loss": metrics.full_valid_loss,
+            "full_valid_mean_token_accuracy": metrics.full_valid_mean_token_accuracy,
         }
         with self._fenced() as (session, job):
             existing = session.scalar(
