@@ -139,24 +139,16 @@ class JobRunner:
                     )
                 )
             }
-            training = files.get(job.training_file_id)
-            if training is None:
-                raise UserError(
-                    "training_file_deleted",
-                    "the training file was deleted before the job ran",
-                    "training_file",
-                )
-            validation = files.get(job.validation_file_id or "")
-            if job.validation_file_id and validation is None:
-                raise UserError(
-                    "validation_file_deleted",
-                    "the validation file was deleted before the job ran",
-                    "validation_file",
-                )
+            training = _dataset_key(files, job.training_file_id, "training_file")
+            validation = (
+                _dataset_key(files, job.validation_file_id, "validation_file")
+                if job.validation_file_id
+                else None
+            )
             return (
                 job,
-                training.storage_key,
-                validation.storage_key if validation else None,
+                training,
+                validation,
                 organization_name(session, job.organization_id),
             )
 
@@ -377,6 +369,18 @@ class JobRunner:
             return estimated_bytes(self.settings, ResolvedSpec.model_validate(spec))
         except (KeyError, ValueError):  # a model since removed from the catalog, an old spec
             return None
+
+
+def _dataset_key(files: dict[str, File], file_id: str, param: str) -> str:
+    """The storage key of a job's file, or the user's error: deleted, or expired (its
+    expires_after passed) before the job ran."""
+    record = files.get(file_id)
+    what = param.replace("_", " ")
+    if record is None:
+        raise UserError(f"{param}_deleted", f"the {what} was deleted before the job ran", param)
+    if record.expires_at is not None and record.expires_at <= utcnow():
+        raise UserError(f"{param}_expired", f"the {what} expired before the job ran", param)
+    return record.storage_key
 
 
 def _seconds(value: float) -> Any:
