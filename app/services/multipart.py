@@ -1,4 +1,4 @@
-"""Streaming multipart uploads: the file part goes straight to disk under a byte cap.
+"""Streaming multipart bodies: the file part goes straight to disk under a byte cap.
 
 Starlette's form parser spools the whole body before a handler runs, so a cap checked
 afterwards is a cap on nothing. Here every chunk is counted as it arrives (chunked bodies
@@ -20,8 +20,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.errors import InvalidRequest, PayloadTooLarge
 
 MAX_PARTS = 8
-# The upload form's fields; anything else (an organization, a status...) is refused.
-FORM_FIELDS = frozenset({"file", "purpose"})
+# The file upload's form fields; anything else (an organization, a status...) is refused.
+# expires_after comes as one JSON part (the OpenAPI form) or in brackets (the openai SDK's).
+FILE_FORM = frozenset(
+    {"file", "purpose", "expires_after", "expires_after[anchor]", "expires_after[seconds]"}
+)
 MAX_FIELD_BYTES = 1024
 # Part headers and boundaries ride on top of the file bytes.
 ENVELOPE_ALLOWANCE = 64 * 1024
@@ -46,11 +49,21 @@ class _Part:
 
 
 class MultipartReceiver:
-    """Feeds body chunks to python-multipart; writes the `file` part to `sink`."""
+    """Feeds body chunks to python-multipart; writes the `file_field` part to `sink`."""
 
-    def __init__(self, boundary: bytes, sink: BinaryIO, max_file_bytes: int) -> None:
+    def __init__(
+        self,
+        boundary: bytes,
+        sink: BinaryIO,
+        max_file_bytes: int,
+        *,
+        file_field: str = "file",
+        fields: frozenset[str] = FILE_FORM,
+    ) -> None:
         self.sink = sink
         self.max_file_bytes = max_file_bytes
+        self.file_field = file_field
+        self.fields = fields
         self.result = ReceivedUpload()
         self._digest = hashlib.sha256()
         self._part = _Part()
@@ -101,9 +114,10 @@ class MultipartReceiver:
     def _on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get("content-disposition", b""))
         self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._part.name not in FORM_FIELDS:
+        if self._part.name not in self.fields:
             raise InvalidRequest(
-                f"unknown form field {self._part.name[:64]!r}; send only file and purpose",
+                f"unknown form field {self._part.name[:64]!r}; send only "
+                + ", ".join(sorted(self.fields)),
                 param=self._part.name[:64] or None,
                 code="unknown_field",
             )
@@ -112,11 +126,12 @@ class MultipartReceiver:
             self._part.filename = FILENAME_CONTROL.sub("_", filename)[:MAX_FILENAME_CHARS]
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part.name == "file" and self._part.filename is not None:
+        if self._part.name == self.file_field and self._part.filename is not None:
             self.result.bytes += end - start
             if self.result.bytes > self.max_file_bytes:
                 raise PayloadTooLarge(
-                    f"the file is over the {self.max_file_bytes} byte limit", param="file"
+                    f"the {self.file_field} part is over the {self.max_file_bytes} byte limit",
+                    param=self.file_field,
                 )
             self.sink.write(data[start:end])
             self._digest.update(data[start:end])
@@ -130,9 +145,13 @@ class MultipartReceiver:
             )
 
     def _on_part_end(self) -> None:
-        if self._part.name == "file" and self._part.filename is not None:
+        if self._part.name == self.file_field and self._part.filename is not None:
             if self.result.filename is not None:
-                raise InvalidRequest("send exactly one file", param="file", code="too_many_files")
+                raise InvalidRequest(
+                    f"send exactly one {self.file_field} part",
+                    param=self.file_field,
+                    code="too_many_files",
+                )
             self.result.filename = self._part.filename
         elif self._part.name:
             self.result.fields[self._part.name] = self._part.data.decode("utf-8", "replace")
@@ -152,11 +171,22 @@ def multipart_boundary(content_type: str | None) -> bytes:
 
 
 async def receive_upload(
-    body: AsyncIterator[bytes], content_type: str | None, sink_path: Path, max_file_bytes: int
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    sink_path: Path,
+    max_file_bytes: int,
+    *,
+    file_field: str = "file",
+    fields: frozenset[str] = FILE_FORM,
 ) -> ReceivedUpload:
-    """Stream a multipart body to `sink_path`; raises 413 as soon as the cap is passed."""
+    """Stream a multipart body's `file_field` part to `sink_path`; raises 413 as soon as the
+    cap is passed."""
     receiver = MultipartReceiver(
-        multipart_boundary(content_type), sink_path.open("wb"), max_file_bytes
+        multipart_boundary(content_type),
+        sink_path.open("wb"),
+        max_file_bytes,
+        file_field=file_field,
+        fields=fields,
     )
     total = 0
     try:
@@ -164,7 +194,7 @@ async def receive_upload(
             total += len(chunk)
             if total > max_file_bytes + ENVELOPE_ALLOWANCE:
                 raise PayloadTooLarge(
-                    f"the upload is over the {max_file_bytes} byte limit", param="file"
+                    f"the upload is over the {max_file_bytes} byte limit", param=file_field
                 )
             receiver.feed(chunk)
         return receiver.finish()
