@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.presenters import file_page_json, file_public
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import File
-from app.schemas.files import UPLOAD_PURPOSES
+from app.schemas.common import ListPage
+from app.schemas.files import UPLOAD_PURPOSES, FilePublic
 from app.services.files import delete_expired_files
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, chat_dataset
@@ -201,3 +204,33 @@ def test_an_expired_file_is_neither_listed_nor_usable_and_the_sweep_deletes_it(
     with session_factory() as session:
         assert session.get(File, file_id) is None
     assert delete_expired_files(session_factory, storage) == 0
+
+
+def test_the_file_page_built_from_rows_is_the_models_json():
+    """file_page_json skips the models for speed; it must say exactly what they would."""
+    now = utcnow()
+    rows = [
+        SimpleNamespace(
+            id=f"file-{n}",
+            bytes=n,
+            created_at=now,
+            filename=f"{n}.jsonl",
+            purpose=purpose,
+            sha256="ab" * 32,
+            stats=stats,
+            expires_at=expires_at,
+        )
+        for n, (purpose, stats, expires_at) in enumerate(
+            [
+                (
+                    "fine-tune",
+                    {"examples": 3, "format": "chat", "characters": 9, "messages": 6},
+                    None,
+                ),
+                ("batch", {}, now + timedelta(days=30)),
+                ("fine-tune-results", {}, None),
+            ]
+        )
+    ]
+    models = ListPage[FilePublic].of([file_public(row) for row in rows], True)  # type: ignore[arg-type]
+    assert json.loads(file_page_json(rows, True)) == json.loads(models.model_dump_json())  # type: ignore[arg-type]
