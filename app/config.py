@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         512 * MiB, description=("Upload cap: 413 as soon as this many bytes have arrived")
     )
+    max_upload_part_bytes: int = Field(
+        64 * MiB,
+        gt=0,
+        description=(
+            "Largest part of an upload sent in parts (`/v1/uploads`, OpenAI's 64 MiB); 413 beyond"
+        ),
+    )
     max_line_bytes: int = Field(
         4 * MiB, description=("Longest JSONL line (`line_too_long` beyond, never buffered)")
     )

@@ -66,6 +66,14 @@ class Unauthenticated(ApiError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(ApiError):
+    """The object is visible to the caller but not theirs to change (a catalog model)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(ApiError):
     status_code = 404
     code = "not_found"
@@ -85,6 +93,26 @@ class CheckpointNotFound(NotFound):
 
 class ExportNotFound(NotFound):
     code = "export_not_found"
+
+
+class UploadNotFound(NotFound):
+    code = "upload_not_found"
+
+
+class InvalidUploadState(ApiError):
+    """Parts go only to a pending upload, and only a pending upload completes or cancels."""
+
+    status_code = 409
+    code = "invalid_upload_state"
+
+
+class CursorNotFound(NotFound):
+    """An `after` cursor that names no object in the list (a deleted one included)."""
+
+    code = "cursor_not_found"
+
+    def __init__(self, message: str, *, param: str = "after") -> None:
+        super().__init__(message, param=param)
 
 
 class ArtifactNotFound(NotFound):

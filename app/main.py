@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,14 +16,27 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from app.api.guards import ControlCharacterGuard
 from app.api.keycache import KeyCache
+from app.api.openapi import openapi_document
 from app.api.ratelimit import RateLimiter
-from app.api.routes import completions, estimates, exports, files, health, jobs, models, web
+from app.api.routes import (
+    completions,
+    estimates,
+    exports,
+    files,
+    health,
+    jobs,
+    models,
+    uploads,
+    web,
+)
 from app.api.routes.completions import inference_client
 from app.api.slots import generation_slots, upload_slots
 from app.config import Settings, get_settings
@@ -37,6 +51,7 @@ from app.db.session import (
 )
 from app.errors import ApiError, ServiceBusy
 from app.queue import CeleryEnqueuer, Enqueuer
+from app.services.housekeeping import sweep
 from app.services.inference import InferenceBackends
 from app.storage import Storage, build_storage
 
@@ -46,10 +61,9 @@ log = logging.getLogger(__name__)
 # fail at once: see BROKER_BACKOFF_S). Those it gives up on are the reaper's, after
 # requeue_after_s.
 PUBLISH_DRAIN_S = 10.0
-# Temp files of uploads that a killed API left behind: removed at start and this often, once
-# nothing has written to them for STALE_PART_S (a live upload writes every few milliseconds).
+# How often the API sweeps (app/services/housekeeping.py): abandoned upload temp files, expired
+# files and uploads. Also once at start.
 SWEEP_INTERVAL_S = 600.0
-STALE_PART_S = 3600.0
 
 HTTP_ERROR_TYPES = {
     401: "authentication_error",
@@ -107,22 +121,43 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     param = _param_path(loc, exc.body if loc[:1] == ("body",) else None)
     if param is None and len(loc) > 1:
         param = str(loc[-1])
+    # 400, as OpenAI answers a malformed request: the SDK raises BadRequestError for it.
     body = _envelope(
-        422, f"{param or 'request'}: {first.get('msg')}", param=param, code="invalid_request_body"
+        400, f"{param or 'request'}: {first.get('msg')}", param=param, code="invalid_request_body"
     )
     body["error"]["details"] = jsonable_encoder(
         [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
     )
-    return JSONResponse(body, status_code=422)
+    return JSONResponse(body, status_code=400)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    probe = {**request.scope, "method": ""}
+    methods: set[str] = set()
+    for route in _all_routes(request.app.router.routes):
+        if route.matches(probe)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+def _all_routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes, through included routers (FastAPI keeps each as a nested route list)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _all_routes(included.routes) if included is not None else [route]
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return JSONResponse(
         _envelope(exc.status_code, str(exc.detail), param=None, code=code),
         status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        headers=headers,
     )
 
 
@@ -156,15 +191,10 @@ async def drain_publisher(publisher: ThreadPoolExecutor) -> None:
         log.warning("new jobs still unpublished after %.0f s; the reaper will", PUBLISH_DRAIN_S)
 
 
-async def sweep_stale_parts(storage: Storage) -> None:
-    """Remove what killed uploads left, now and every SWEEP_INTERVAL_S, until cancelled."""
+async def sweep_periodically(factory: sessionmaker[Session], storage: Storage) -> None:
+    """Sweep now and every SWEEP_INTERVAL_S, until cancelled."""
     while True:
-        try:
-            removed = await run_in_threadpool(storage.remove_stale_parts, STALE_PART_S)
-            if removed:
-                log.info("removed %d temp files of abandoned uploads", len(removed))
-        except OSError:
-            log.warning("sweeping abandoned uploads failed", exc_info=True)
+        await run_in_threadpool(sweep, factory, storage)
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
@@ -176,7 +206,9 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_migrations_on_start:
             upgrade_head(settings.resolved_database_url())
-        sweeper = asyncio.create_task(sweep_stale_parts(app.state.storage))
+        sweeper = asyncio.create_task(
+            sweep_periodically(app.state.session_factory, app.state.storage)
+        )
         # Made on the serving event loop: its connections belong to that loop.
         client = inference_client(settings)
         app.state.inference = InferenceBackends(settings, app.state.storage, client)
@@ -221,8 +253,9 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ControlCharacterGuard)
-    for module in (health, files, jobs, estimates, exports, models, completions, web):
+    for module in (health, files, uploads, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
+    app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
     return app
 
 

@@ -43,8 +43,8 @@ class ProgressHooks:
 
     def on_metrics(self, metrics: StepMetrics) -> None:
         status = f"loss {metrics.train_loss:.4f} lr {metrics.lr:.2e}"
-        if metrics.eval_loss is not None:
-            status += f" eval {metrics.eval_loss:.4f}"
+        if metrics.valid_loss is not None:
+            status += f" valid {metrics.valid_loss:.4f}"
         self.progress.update(
             self.task, completed=metrics.step, total=metrics.total_steps, status=status
         )

@@ -144,24 +144,16 @@ class JobRunner:
                     )
                 )
             }
-            training = files.get(job.training_file_id)
-            if training is None:
-                raise UserError(
-                    "training_file_deleted",
-                    "the training file was deleted before the job ran",
-                    "training_file",
-                )
-            validation = files.get(job.validation_file_id or "")
-            if job.validation_file_id and validation is None:
-                raise UserError(
-                    "validation_file_deleted",
-                    "the validation file was deleted before the job ran",
-                    "validation_file",
-                )
+            training = _dataset_key(files, job.training_file_id, "training_file")
+            validation = (
+                _dataset_key(files, job.validation_file_id, "validation_file")
+                if job.validation_file_id
+                else None
+            )
             return (
                 job,
-                training.storage_key,
-                validation.storage_key if validation else None,
+                training,
+                validation,
                 organization_name(session, job.organization_id),
             )
 
@@ -223,8 +215,8 @@ class JobRunner:
         message = (
             f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
         )
-        if metrics.eval_loss is not None:
-            message += f", validation loss={metrics.eval_loss:.4f}"
+        if metrics.valid_loss is not None:
+            message += f", validation loss={metrics.valid_loss:.4f}"
         self.pending.append({"message": message, "data": data})
         self._flush(force=False)
 
@@ -233,11 +225,16 @@ class JobRunner:
         self._check_lease()
         # Stored before its row is written: a listed checkpoint can always be downloaded.
         key = self.workspace.save_checkpoint(path)
+        # OpenAI's checkpoint metrics: valid_* and full_valid_* from this checkpoint's pass over
+        # the whole validation set (None without a validation file).
         values = {
             "step": step,
             "train_loss": metrics.train_loss,
-            "valid_loss": metrics.eval_loss,
-            "valid_mean_token_accuracy": metrics.eval_token_accuracy,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            "valid_loss": metrics.valid_loss,
+            "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+            "full_valid_loss": metrics.full_valid_loss,
+            "full_valid_mean_token_accuracy": metrics.full_valid_mean_token_accuracy,
         }
         with self._fenced() as (session, job):
             existing = session.scalar(
@@ -394,6 +391,18 @@ def handed_back_message(step: int, checkpoint: Path | None) -> str:
     """The event of a job its stopping worker queued again."""
     resume = f"resume from checkpoint {checkpoint.name}" if checkpoint else "start from step 0"
     return f"Worker stopped at step {step}; the job is queued again and will {resume}"
+
+
+def _dataset_key(files: dict[str, File], file_id: str, param: str) -> str:
+    """The storage key of a job's file, or the user's error: deleted, or expired (its
+    expires_after passed) before the job ran."""
+    record = files.get(file_id)
+    what = param.replace("_", " ")
+    if record is None:
+        raise UserError(f"{param}_deleted", f"the {what} was deleted before the job ran", param)
+    if record.expires_at is not None and record.expires_at <= utcnow():
+        raise UserError(f"{param}_expired", f"the {what} expired before the job ran", param)
+    return record.storage_key
 
 
 def _seconds(value: float) -> Any:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.api.guards import NO_CONTROL_CHARACTERS
 from app.api.keycache import KeyCache, Principal
 from app.api.ratelimit import RateLimiter
 from app.config import Settings
@@ -25,6 +26,7 @@ from app.services import events as event_service
 from app.services import exports as export_service
 from app.services import files as file_service
 from app.services import jobs as job_service
+from app.services import uploads as upload_service
 from app.services.keys import authenticate, hash_key
 from app.storage import Storage
 
@@ -140,6 +142,18 @@ current_organization_id = ApiKeyAuth()
 CurrentOrgDep = Annotated[str, Depends(current_organization_id)]
 
 
+def _id_path(example: str) -> Any:
+    # Ids are at most 40 characters; an id that names nothing is a 404, a longer one a 400.
+    return Path(max_length=64, examples=[example])
+
+
+JobIdPath = Annotated[str, _id_path("ftjob-5f1c2a9b8e7d6c5b4a392817")]
+FileIdPath = Annotated[str, _id_path("file-0a1b2c3d4e5f60718293a4b5")]
+CheckpointIdPath = Annotated[str, _id_path("ftckpt-9c8b7a6f5e4d3c2b1a0f9e8d")]
+ExportIdPath = Annotated[str, _id_path("ftexp-1a2b3c4d5e6f708192a3b4c5")]
+UploadIdPath = Annotated[str, _id_path("upload-0a1b2c3d4e5f60718293a4b5")]
+
+
 def look_up_key(factory: sessionmaker[Session], key: str) -> Principal | None:
     with factory() as session:
         record = authenticate(session, key)
@@ -149,19 +163,17 @@ def look_up_key(factory: sessionmaker[Session], key: str) -> Principal | None:
 
 
 def load_job(
-    session: SessionDep, organization_id: CurrentOrgDep, fine_tuning_job_id: Annotated[str, Path()]
+    session: SessionDep, organization_id: CurrentOrgDep, fine_tuning_job_id: JobIdPath
 ) -> Job:
     return job_service.get_job(session, organization_id, fine_tuning_job_id)
 
 
-def load_file(
-    session: SessionDep, organization_id: CurrentOrgDep, file_id: Annotated[str, Path()]
-) -> File:
+def load_file(session: SessionDep, organization_id: CurrentOrgDep, file_id: FileIdPath) -> File:
     return file_service.get_file(session, organization_id, file_id)
 
 
 async def load_job_to_read(
-    request: Request, organization_id: CurrentOrgDep, fine_tuning_job_id: Annotated[str, Path()]
+    request: Request, organization_id: CurrentOrgDep, fine_tuning_job_id: JobIdPath
 ) -> Row[Any]:
     """The job, for routes that only present it: a plain row, read on the event loop."""
     async with read_engine(request).connect() as connection:
@@ -170,22 +182,39 @@ async def load_job_to_read(
         )
 
 
+async def require_upload(
+    request: Request, organization_id: CurrentOrgDep, upload_id: UploadIdPath
+) -> str:
+    """The id of one of the tenant's uploads, or 404 before the request's body is read."""
+    async with read_engine(request).connect() as connection:
+        await connection.run_sync(upload_service.require_upload, organization_id, upload_id)
+    return upload_id
+
+
 JobDep = Annotated[Job, Depends(load_job)]
+UploadIdDep = Annotated[str, Depends(require_upload)]
 ReadJobDep = Annotated[Row[Any], Depends(load_job_to_read)]
 FileDep = Annotated[File, Depends(load_file)]
 
 
 def load_checkpoint(
-    session: SessionDep, job: JobDep, checkpoint_id: Annotated[str, Path()]
+    session: SessionDep, job: JobDep, checkpoint_id: CheckpointIdPath
 ) -> Checkpoint:
     return event_service.get_checkpoint(session, job, checkpoint_id)
 
 
-def load_export(session: SessionDep, job: JobDep, export_id: Annotated[str, Path()]) -> Export:
+def load_export(session: SessionDep, job: JobDep, export_id: ExportIdPath) -> Export:
     return export_service.get_export(session, job, export_id)
 
 
 CheckpointDep = Annotated[Checkpoint, Depends(load_checkpoint)]
 ExportDep = Annotated[Export, Depends(load_export)]
-AfterQuery = Annotated[str | None, Query(max_length=64, description="Last id of the previous page")]
+AfterQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="Last id of the previous page (404 when it names no object)",
+    ),
+]
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.presenters import event_public
 from app.db.models import Job
-from app.errors import InvalidRequest
 from app.schemas.jobs import TERMINAL_STATUSES, EventPublic
 from app.services.events import list_events_since, parse_event_id
 
@@ -52,13 +51,9 @@ SSE_RESPONSE: dict[str, Any] = {
 
 def resume_after(last_event_id: str | None, after: str | None) -> int:
     """The event seq a stream starts after: a reconnect's Last-Event-ID wins over `after`."""
-    value, param = (last_event_id, "Last-Event-ID") if last_event_id else (after, "after")
-    if not value:
-        return 0
-    try:
-        return parse_event_id(value)
-    except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, param=param, code=exc.code) from exc
+    if last_event_id:
+        return parse_event_id(last_event_id, "Last-Event-ID")
+    return parse_event_id(after) if after else 0
 
 
 @dataclass(frozen=True)

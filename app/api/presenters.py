@@ -8,7 +8,7 @@ import orjson
 from sqlalchemy import Row
 
 from app.db.base import unix
-from app.db.models import Checkpoint, Export, File, Job, JobEvent
+from app.db.models import Checkpoint, Export, File, Job, JobEvent, Upload, UploadPart
 from app.schemas.exports import ExportPublic
 from app.schemas.files import DatasetStatsPublic, FilePublic
 from app.schemas.jobs import (
@@ -21,19 +21,67 @@ from app.schemas.jobs import (
     SupervisedPublic,
 )
 from app.schemas.spec import ResolvedSpec
+from app.schemas.uploads import UploadPartPublic, UploadPublic
 from app.services.events import event_id
+from app.services.uploads import status_of
 
 
-def file_public(record: File) -> FilePublic:
-    stats = DatasetStatsPublic.model_validate(record.stats) if record.stats else None
-    return FilePublic(
-        id=record.id,
-        bytes=record.bytes,
-        created_at=unix(record.created_at) or 0,
-        filename=record.filename,
-        purpose=record.purpose,  # type: ignore[arg-type]
-        sha256=record.sha256,
-        stats=stats,
+def file_fields(record: File | Row[Any]) -> dict[str, Any]:
+    """A file object's fields, from its ORM object or a row of FILE_COLUMNS."""
+    stats = record.stats
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.bytes,
+        "created_at": unix(record.created_at) or 0,
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": unix(record.expires_at),
+        "sha256": record.sha256,
+        "stats": {key: stats.get(key) for key in STATS_FIELDS} if stats else None,
+    }
+
+
+STATS_FIELDS = tuple(DatasetStatsPublic.model_fields)
+
+
+def file_public(record: File | Row[Any]) -> FilePublic:
+    return FilePublic.model_validate(file_fields(record))
+
+
+def file_page_json(rows: list[Row[Any]], has_more: bool) -> bytes:
+    """The JSON of `ListPage[FilePublic]` built without models: a page may hold 10,000 files
+    (OpenAI's largest), and validating a model for each costs more than the query."""
+    files = [file_fields(row) for row in rows]
+    first_id, last_id = (files[0]["id"], files[-1]["id"]) if files else (None, None)
+    page = {
+        "object": "list",
+        "data": files,
+        "has_more": has_more,
+        "first_id": first_id,
+        "last_id": last_id,
+    }
+    return orjson.dumps(page)
+
+
+def upload_public(upload: Upload, file: File | None = None) -> UploadPublic:
+    return UploadPublic(
+        id=upload.id,
+        bytes=upload.bytes,
+        created_at=unix(upload.created_at) or 0,
+        expires_at=unix(upload.expires_at) or 0,
+        filename=upload.filename,
+        purpose=upload.purpose,
+        status=status_of(upload.status, upload.expires_at),  # type: ignore[arg-type]
+        file=file_public(file) if file is not None else None,
+    )
+
+
+def upload_part_public(part: UploadPart) -> UploadPartPublic:
+    return UploadPartPublic(
+        id=part.id, created_at=unix(part.created_at) or 0, upload_id=part.upload_id
     )
 
 

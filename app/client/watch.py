@@ -53,8 +53,8 @@ class JobWatcher:
     def on_metrics(self, data: dict[str, Any]) -> None:
         assert self.task is not None
         loss = f"{data['train_loss']:.4f}"
-        if data.get("eval_loss") is not None:
-            loss += f" (eval {data['eval_loss']:.4f})"
+        if data.get("valid_loss") is not None:
+            loss += f" (valid {data['valid_loss']:.4f})"
         self.progress.update(
             self.task,
             completed=data["step"],

@@ -61,6 +61,41 @@ class File(Base):
     storage_key: Mapped[str] = mapped_column(String(255))
     stats: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Past it the file is neither listed nor usable, and the API's sweep deletes it (the
+    # upload's expires_after); NULL: kept until deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class Upload(Base):
+    """A file arriving in parts (OpenAI's Uploads API); completing it creates the File."""
+
+    __tablename__ = "upload"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organization.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    # The size the client announced: the parts must add up to it exactly.
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(255))
+    # pending -> completed | cancelled | expired
+    status: Mapped[str] = mapped_column(String(16))
+    # The created file's expires_after.seconds, if the client gave one.
+    file_expires_after_s: Mapped[int | None] = mapped_column(Integer)
+    file_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_part"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("upload.id", ondelete="CASCADE"), index=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organization.id"))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Job(Base):

@@ -32,8 +32,11 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None
     code: str | None
+    # + loraforge: a dataset's problems (1-based line, field, code, message) ...
     problems: list[dict[str, Any]] | None = None
     problem_count: int | None = None
+    # ... and every field a request failed on (the first one is `param`).
+    details: list[dict[str, Any]] | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from app.schemas.spec import (
+    WHOLE,
     Hyperparameters,
     LoraSpec,
     Method,
@@ -24,16 +26,25 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
+MAX_METADATA_PAIRS = 16
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """`GET /v1/fine_tuning/jobs?metadata[k]=v...` (each pair must match), or `metadata=null`
+    (jobs without metadata)."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    without_metadata: bool = False
 
 
 class JobCreate(StrictModel):
     model: Annotated[str, Field(min_length=1, max_length=255)]
     training_file: Annotated[str, Field(min_length=1, max_length=64)]
     validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    suffix: (
-        Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] | None
-    ) = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    # OpenAI's bound and no pattern: the model name carries it normalized (fine_tuned_model_name).
+    suffix: Annotated[str, Field(max_length=64)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), WHOLE] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
     method: Method | None = None
     # Deprecated by OpenAI in favour of method.supervised.hyperparameters; still accepted.
@@ -50,6 +61,14 @@ class JobCreate(StrictModel):
         if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError("must not contain control characters")
         return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _drop_control_characters(cls, value: str | None) -> str | None:
+        # Free text, kept as sent but for control characters (PostgreSQL cannot store NUL).
+        if value is None:
+            return None
+        return "".join(c for c in value if ord(c) >= 32 and ord(c) != 127)
 
     def requested_hyperparameters(self) -> Hyperparameters:
         """The hyperparameters from `method` or, failing that, the deprecated top-level field."""
@@ -95,7 +114,7 @@ class JobPublic(BaseModel):
     training_file: str
     validation_file: str | None
     estimated_finish: int | None
-    integrations: list[Any] | None = None
+    integrations: list[Any] = Field(default_factory=list)
     metadata: dict[str, str] | None
     suffix: str | None
     # + loraforge

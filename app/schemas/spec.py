@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Auto = Literal["auto"]
 
@@ -26,18 +26,33 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
-class StrictModel(BaseModel):
-    """Unknown fields are refused: a typo must not silently fall back to a default."""
+def _whole_number(value: object) -> object:
+    """JSON Schema's integer: 3.0 is one too (some clients write every number as a float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
-    model_config = ConfigDict(extra="forbid")
+
+# On a request's integers, after their Field (so that the schema keeps its bounds): a whole
+# number, never a boolean or a string of digits.
+WHOLE = BeforeValidator(_whole_number)
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are refused: a typo must not silently fall back to a default. Types are
+    strict, as the schema states them: `true` is no number and `"5"` no integer (a whole
+    number still is a float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Hyperparameters(StrictModel):
     """OpenAI's supervised hyperparameters; each may be "auto"."""
 
-    n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Auto = "auto"
+    n_epochs: Annotated[int, Field(ge=1, le=50), WHOLE] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256), WHOLE] | Auto = "auto"
+    # OpenAI's bound: any number above 0.
+    learning_rate_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Auto = "auto"
 
 
 class ResolvedHyperparameters(StrictModel):
@@ -47,7 +62,7 @@ class ResolvedHyperparameters(StrictModel):
 
 
 class LoraSpec(StrictModel):
-    r: Annotated[int, Field(ge=1, le=256)] = 16
+    r: Annotated[int, Field(ge=1, le=256), WHOLE] = 16
     alpha: Annotated[float, Field(gt=0, le=1024)] = 32
     dropout: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     # "all-linear" = every linear layer of the transformer blocks (QLoRA's setting).
@@ -71,14 +86,14 @@ class TrainingSpec(StrictModel):
     warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.03
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 0.3
-    max_seq_length: Annotated[int, Field(ge=16, le=131_072)] = 1024
+    max_seq_length: Annotated[int, Field(ge=16, le=131_072), WHOLE] = 1024
     packing: bool = False
     gradient_checkpointing: bool = True
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256), WHOLE] = 1
     train_on: Literal["assistant", "all"] = "assistant"
-    max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    eval_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_steps: Annotated[int, Field(ge=1, le=1_000_000), WHOLE] | None = None
+    eval_every_steps: Annotated[int, Field(ge=1, le=1_000_000), WHOLE] | None = None
+    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000), WHOLE] | None = None
 
 
 class ResolvedTrainingSpec(TrainingSpec):

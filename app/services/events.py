@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Insert, Row, Select, bindparam, insert, selec
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint, Job, JobEvent
-from app.errors import CheckpointNotFound, InvalidRequest
+from app.errors import CheckpointNotFound, CursorNotFound
 
 EVENT_PREFIX = "ftevent-"
 
@@ -18,10 +18,11 @@ def event_id(seq: int) -> str:
     return f"{EVENT_PREFIX}{seq}"
 
 
-def parse_event_id(value: str) -> int:
+def parse_event_id(value: str, param: str = "after") -> int:
+    """The seq of an event id; CursorNotFound (naming `param`) for a value that names none."""
     digits = value.removeprefix(EVENT_PREFIX)
-    if not digits.isdigit() or len(digits) > 18:
-        raise InvalidRequest(f"{value!r} is not an event id", param="after", code="invalid_cursor")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        raise CursorNotFound(f"{value!r} names no event", param=param)
     return int(digits)
 
 
@@ -96,7 +97,7 @@ def list_events(
     Only the tenant's events: no rows for another organization's job (the caller tells a
     missing job from an empty page only when there are no rows).
     """
-    before = parse_event_id(after) if after is not None else None
+    before = parse_event_id(after) if after else None
     params = {"job_id": job_id, "organization_id": organization_id, "rows": limit + 1}
     if before is not None:
         params["before"] = before
@@ -132,16 +133,14 @@ def list_checkpoints(
 ) -> tuple[list[Checkpoint], bool]:
     """Newest step first; `after` is the last checkpoint id of the previous page."""
     stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
-    if after is not None:
+    if after:
         anchor = session.scalar(
             select(Checkpoint.step_number).where(
                 Checkpoint.id == after, Checkpoint.job_id == job.id
             )
         )
         if anchor is None:
-            raise InvalidRequest(
-                f"no checkpoint {after!r} on this job", param="after", code="invalid_cursor"
-            )
+            raise CursorNotFound(f"no checkpoint {after!r} on this job")
         stmt = stmt.where(Checkpoint.step_number < anchor)
     rows = list(session.scalars(stmt.order_by(Checkpoint.step_number.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

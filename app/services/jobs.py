@@ -9,7 +9,19 @@ import secrets
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Row, Select, bindparam, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Insert,
+    Row,
+    Select,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -26,7 +38,7 @@ from app.errors import (
     ModelNotFound,
 )
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
-from app.schemas.jobs import JobCreate
+from app.schemas.jobs import JobCreate, MetadataFilter
 from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
@@ -41,28 +53,37 @@ log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 3
 
 
+def name_suffix(suffix: str | None) -> str:
+    """The suffix as a model name carries it: letters, digits, `.`, `_` and `-` kept, any other
+    run of characters (`:` the name's separator, `/`, spaces...) one `-`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", suffix or "").strip("-")
+
+
 def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_id: str) -> str:
     """OpenAI's naming: ft:{base}:{org}:{suffix}:{job short id}."""
     org_slug = re.sub(r"[^a-z0-9-]+", "-", organization.lower()).strip("-") or "org"
-    return f"ft:{base}:{org_slug}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+    return f"ft:{base}:{org_slug}:{name_suffix(suffix)}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
 @cache
 def _tenant_file_query() -> Select[Any]:
-    """Built once: what creating a job needs of the tenant's file, as a plain row."""
+    """Built once: what creating a job needs of the tenant's live file, as a plain row."""
     return select(File.purpose, File.stats).where(
-        File.id == bindparam("file_id"), File.organization_id == bindparam("organization_id")
+        File.id == bindparam("file_id"),
+        File.organization_id == bindparam("organization_id"),
+        or_(File.expires_at.is_(None), File.expires_at > bindparam("now")),
     )
 
 
 def _tenant_file(session: Session, organization_id: str, file_id: str, param: str) -> Row[Any]:
-    params = {"file_id": file_id, "organization_id": organization_id}
+    params = {"file_id": file_id, "organization_id": organization_id, "now": utcnow()}
     record = session.connection().execute(_tenant_file_query(), params).first()
     if record is None:
         raise InvalidRequest(f"no file with id {file_id!r}", param=param, code="file_not_found")
     if record.purpose != "fine-tune":
         raise InvalidRequest(
-            f"file {file_id!r} was not uploaded for fine-tuning",
+            f"file {file_id!r} has purpose {record.purpose!r}; a job trains only on files "
+            "uploaded with purpose 'fine-tune', which are validated as training data",
             param=param,
             code="invalid_file_purpose",
         )
@@ -310,11 +331,27 @@ def list_jobs(
     *,
     after: str | None,
     limit: int,
+    metadata: MetadataFilter | None = None,
 ) -> tuple[list[Job], bool]:
+    """One page of the tenant's jobs, newest first, those matching `metadata` only."""
     stmt = select(Job).where(Job.organization_id == organization_id)
+    if metadata is not None:
+        if metadata.without_metadata:
+            stmt = stmt.where(Job.metadata_.is_(None))
+        dialect = session.get_bind().dialect.name
+        for key, value in metadata.pairs.items():
+            stmt = stmt.where(_metadata_has(dialect, key, value))
     return page_by_created(
         session, Job, stmt, organization_id=organization_id, after=after, limit=limit
     )
+
+
+def _metadata_has(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """The job's metadata maps `key` to `value`, through the key/value rows of the JSON object:
+    SQLite's JSON paths cannot spell every key (a `"` in it), a bound key always can."""
+    each = func.json_each_text if dialect == "postgresql" else func.json_each
+    pairs = each(Job.metadata_).table_valued("key", "value")
+    return exists().where(pairs.c.key == key, pairs.c.value == value)
 
 
 def _change(session: Session, job: Job, action: str, plan: dict[str, dict[str, object]]) -> Job:

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.base import unix, utcnow
 from app.db.models import Job
-from app.errors import InvalidRequest, NotFound
+from app.errors import NotFound, PermissionDenied
 from app.schemas.models import ModelPublic
 
 # Catalog models have no creation time of their own; report the Unix epoch consistently.
@@ -83,8 +83,9 @@ def get_model(
 def delete_model(session: Session, settings: Settings, organization_id: str, model: str) -> None:
     """Hide a fine-tuned model; its job and artifacts stay for the record."""
     if model in settings.catalog():
-        raise InvalidRequest(
-            f"{model!r} is a base model and cannot be deleted",
+        raise PermissionDenied(
+            f"{model!r} is a base model of this server's catalog; only fine-tuned models can be "
+            "deleted",
             param="model",
             code="model_not_deletable",
         )

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidRequest
+from app.errors import CursorNotFound
 
 Row = TypeVar("Row")
 
@@ -23,16 +23,14 @@ def page_by_created(
 ) -> tuple[list[Row], bool]:
     """One page of `stmt` ordered by (created_at, id) descending; returns (rows, has_more)."""
     table: Any = model
-    if after is not None:
+    if after:  # an empty cursor is no cursor
         anchor = session.execute(
             select(table.created_at).where(
                 table.id == after, table.organization_id == organization_id
             )
         ).scalar_one_or_none()
         if anchor is None:
-            raise InvalidRequest(
-                f"no object with id {after!r} to page after", param="after", code="invalid_cursor"
-            )
+            raise CursorNotFound(f"no object with id {after!r} to page after")
         stmt = stmt.where(
             or_(table.created_at < anchor, and_(table.created_at == anchor, table.id < after))
         )

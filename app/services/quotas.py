@@ -14,10 +14,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, func, select
+from sqlalchemy import Connection, Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.base import utcnow
 from app.db.models import File, Job, Organization
 from app.errors import QuotaExceeded
 
@@ -46,8 +47,10 @@ def _active_jobs_count() -> Select[Any]:
 
 @cache
 def _stored_files_totals() -> Select[int, int]:
+    # Expired files count no more: they are neither listed nor usable, and the sweep deletes them.
     return select(func.count(File.id), func.coalesce(func.sum(File.bytes), 0)).where(
-        File.organization_id == bindparam("organization_id")
+        File.organization_id == bindparam("organization_id"),
+        or_(File.expires_at.is_(None), File.expires_at > bindparam("now")),
     )
 
 
@@ -62,8 +65,8 @@ def active_jobs(session: Session, organization_id: str) -> int:
 
 
 def stored_files(connection: Connection, organization_id: str) -> tuple[int, int]:
-    """(number of files, their bytes) kept for the organization."""
-    params = {"organization_id": organization_id}
+    """(number of live files, their bytes) kept for the organization."""
+    params = {"organization_id": organization_id, "now": utcnow()}
     count, total = connection.execute(_stored_files_totals(), params).one()
     return int(count), int(total)
 

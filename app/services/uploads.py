@@ -1,172 +1,338 @@
-"""Streaming multipart uploads: the file part goes straight to disk under a byte cap.
+"""OpenAI's Uploads API: a file sent in parts, assembled, validated and kept as a File once
+complete.
 
-Starlette's form parser spools the whole body before a handler runs, so a cap checked
-afterwards is a cap on nothing. Here every chunk is counted as it arrives (chunked bodies
-without Content-Length included) and the upload is refused the moment it passes the cap.
+Each part is streamed to a temp file under the part cap and stored as it arrives; completing
+streams the parts, in the order the client names them, into one temp file that goes through
+the same validation and quota check as `POST /v1/files`. Row locks last one short
+transaction each (see app/services/quotas.py): the upload's row is locked only to add a part
+or to record the completion, never while bytes move.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import InvalidRequest, PayloadTooLarge
+from app.config import Settings
+from app.db.base import new_id, utcnow
+from app.db.models import File, Upload, UploadPart
+from app.errors import (
+    InvalidRequest,
+    InvalidUploadState,
+    UploadNotFound,
+)
+from app.schemas.uploads import UploadComplete, UploadCreate
+from app.services.files import NewFile, expires_after_seconds, keep_file
+from app.services.multipart import ReceivedUpload
+from app.services.quotas import check_storage_room
+from app.storage import Storage
 
-MAX_PARTS = 8
-# The upload form's fields; anything else (an organization, a status...) is refused.
-FORM_FIELDS = frozenset({"file", "purpose"})
-MAX_FIELD_BYTES = 1024
-# Part headers and boundaries ride on top of the file bytes.
-ENVELOPE_ALLOWANCE = 64 * 1024
-MAX_FILENAME_CHARS = 255
-# The filename is display-only, but it is stored: no control characters (PostgreSQL refuses NUL).
-FILENAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass
-class ReceivedUpload:
-    fields: dict[str, str] = field(default_factory=dict)
-    filename: str | None = None
-    bytes: int = 0
-    sha256: str = ""
+# OpenAI's: an upload not completed within the hour expires, and its parts are deleted.
+UPLOAD_LIFETIME_S = 3600
+PART_FORM = frozenset({"data"})
 
 
-@dataclass
-class _Part:
-    name: str = ""
-    filename: str | None = None
-    data: bytearray = field(default_factory=bytearray)
+def parts_prefix(organization_id: str, upload_id: str) -> str:
+    return f"uploads/{organization_id}/{upload_id}"
 
 
-class MultipartReceiver:
-    """Feeds body chunks to python-multipart; writes the `file` part to `sink`."""
+def status_of(status: str, expires_at: datetime) -> str:
+    """An upload's status as the client sees it: a pending one past expires_at has expired,
+    whether or not the sweep has marked it yet."""
+    return "expired" if status == "pending" and expires_at <= utcnow() else status
 
-    def __init__(self, boundary: bytes, sink: BinaryIO, max_file_bytes: int) -> None:
-        self.sink = sink
-        self.max_file_bytes = max_file_bytes
-        self.result = ReceivedUpload()
-        self._digest = hashlib.sha256()
-        self._part = _Part()
-        self._parts = 0
-        self._header_field = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[str, bytes] = {}
-        # python-multipart bounds each part's headers (count and size) itself.
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-            },
+
+def _pending_bytes(connection: Connection, organization_id: str) -> int:
+    """Bytes the organization's pending uploads announced: room they may still take."""
+    total = connection.execute(
+        select(func.coalesce(func.sum(Upload.bytes), 0)).where(
+            Upload.organization_id == organization_id,
+            Upload.status == "pending",
+            Upload.expires_at > utcnow(),
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def create_upload(
+    session: Session, settings: Settings, organization_id: str, body: UploadCreate
+) -> Upload:
+    """A pending upload of `body.bytes` bytes; 400 past the upload cap (the schema's maximum),
+    429 past the organization's storage quota (counting its other pending uploads)."""
+    if body.bytes > settings.max_upload_bytes:
+        raise InvalidRequest(
+            f"an upload may hold at most {settings.max_upload_bytes} bytes",
+            param="bytes",
+            code="file_too_large",
+        )
+    connection = session.connection()
+    check_storage_room(
+        connection,
+        settings,
+        organization_id,
+        body.bytes + _pending_bytes(connection, organization_id),
+    )
+    now = utcnow()
+    upload = Upload(
+        id=new_id("upload"),
+        organization_id=organization_id,
+        filename=body.filename,
+        purpose=body.purpose,
+        bytes=body.bytes,
+        mime_type=body.mime_type,
+        status="pending",
+        file_expires_after_s=expires_after_seconds(body.purpose, body.expires_after),
+        created_at=now,
+        expires_at=now + timedelta(seconds=UPLOAD_LIFETIME_S),
+    )
+    session.add(upload)
+    session.commit()
+    return upload
+
+
+def get_upload(session: Session, organization_id: str, upload_id: str) -> Upload:
+    """The tenant's upload, or 404 (another tenant's id included)."""
+    found = session.scalar(
+        select(Upload).where(Upload.id == upload_id, Upload.organization_id == organization_id)
+    )
+    if found is None:
+        raise _not_found(upload_id)
+    return found
+
+
+def require_upload(connection: Connection, organization_id: str, upload_id: str) -> None:
+    """404 unless the tenant has this upload; a read of its id only."""
+    found = connection.execute(
+        select(Upload.id).where(Upload.id == upload_id, Upload.organization_id == organization_id)
+    ).first()
+    if found is None:
+        raise _not_found(upload_id)
+
+
+def _not_found(upload_id: str) -> UploadNotFound:
+    return UploadNotFound(f"no upload with id {upload_id!r}", param="upload_id")
+
+
+def require_pending(status: str, expires_at: datetime, action: str) -> None:
+    status = status_of(status, expires_at)
+    if status != "pending":
+        raise InvalidUploadState(f"cannot {action} an upload that is {status}", param="upload_id")
+
+
+def check_part_target(connection: Connection, organization_id: str, upload_id: str) -> None:
+    """Before a part's body is read: the upload exists and is pending. No lock: `add_part`
+    checks again, locked, with the room the upload has left."""
+    upload = connection.execute(
+        select(Upload.status, Upload.expires_at).where(
+            Upload.id == upload_id, Upload.organization_id == organization_id
+        )
+    ).first()
+    if upload is None:
+        raise _not_found(upload_id)
+    require_pending(upload.status, upload.expires_at, "add a part to")
+
+
+def add_part(
+    factory: sessionmaker[Session],
+    storage: Storage,
+    *,
+    organization_id: str,
+    upload_id: str,
+    received: ReceivedUpload,
+    temp_path: Path,
+) -> UploadPart:
+    """Store a received part's bytes, then record the part: the upload is locked for one
+    SELECT, one INSERT and the commit. Refused parts leave nothing (the caller deletes
+    `temp_path` in every case)."""
+    if received.filename is None:
+        raise InvalidRequest(
+            "no file part named 'data' in the form", param="data", code="missing_data"
+        )
+    part_id = new_id("part")
+    key = f"{parts_prefix(organization_id, upload_id)}/{part_id}"
+    storage.commit(temp_path, key)
+    with factory() as session:
+        try:
+            upload = session.scalar(
+                select(Upload)
+                .where(Upload.id == upload_id, Upload.organization_id == organization_id)
+                .with_for_update()
+            )
+            if upload is None:
+                raise _not_found(upload_id)
+            require_pending(upload.status, upload.expires_at, "add a part to")
+            _check_room(session, upload, received.bytes)
+            part = UploadPart(
+                id=part_id,
+                upload_id=upload_id,
+                organization_id=organization_id,
+                bytes=received.bytes,
+                storage_key=key,
+                created_at=utcnow(),
+            )
+            session.add(part)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            storage.delete(key)
+            raise
+    return part
+
+
+def _check_room(session: Session, upload: Upload, incoming: int) -> None:
+    received = session.scalar(
+        select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(
+            UploadPart.upload_id == upload.id
+        )
+    )
+    if int(received or 0) + incoming > upload.bytes:
+        raise InvalidRequest(
+            f"this part would bring the upload to {int(received or 0) + incoming} bytes; it "
+            f"was created for {upload.bytes}",
+            param="data",
+            code="upload_too_large",
         )
 
-    def feed(self, chunk: bytes) -> None:
-        try:
-            self._parser.write(chunk)
-        except FormParserError as exc:
-            raise _malformed(exc) from exc
 
-    def finish(self) -> ReceivedUpload:
-        try:
-            self._parser.finalize()
-        except FormParserError as exc:
-            raise _malformed(exc) from exc
-        self.result.sha256 = self._digest.hexdigest()
-        return self.result
-
-    def _on_part_begin(self) -> None:
-        self._parts += 1
-        if self._parts > MAX_PARTS:
-            raise InvalidRequest("too many form parts", code="too_many_parts")
-        self._part = _Part()
-        self._headers = {}
-
-    def _on_header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
-        self._header_field.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get("content-disposition", b""))
-        self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._part.name not in FORM_FIELDS:
-            raise InvalidRequest(
-                f"unknown form field {self._part.name[:64]!r}; send only file and purpose",
-                param=self._part.name[:64] or None,
-                code="unknown_field",
-            )
-        if b"filename" in options:
-            filename = options[b"filename"].decode("utf-8", "replace")
-            self._part.filename = FILENAME_CONTROL.sub("_", filename)[:MAX_FILENAME_CHARS]
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part.name == "file" and self._part.filename is not None:
-            self.result.bytes += end - start
-            if self.result.bytes > self.max_file_bytes:
-                raise PayloadTooLarge(
-                    f"the file is over the {self.max_file_bytes} byte limit", param="file"
-                )
-            self.sink.write(data[start:end])
-            self._digest.update(data[start:end])
-            return
-        self._part.data.extend(data[start:end])
-        if len(self._part.data) > MAX_FIELD_BYTES:
-            raise InvalidRequest(
-                f"form field {self._part.name!r} is too long",
-                param=self._part.name or None,
-                code="field_too_long",
-            )
-
-    def _on_part_end(self) -> None:
-        if self._part.name == "file" and self._part.filename is not None:
-            if self.result.filename is not None:
-                raise InvalidRequest("send exactly one file", param="file", code="too_many_files")
-            self.result.filename = self._part.filename
-        elif self._part.name:
-            self.result.fields[self._part.name] = self._part.data.decode("utf-8", "replace")
-
-
-def _malformed(exc: FormParserError) -> InvalidRequest:
-    return InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart")
-
-
-def multipart_boundary(content_type: str | None) -> bytes:
-    """The boundary of a multipart/form-data Content-Type, or a 400 saying what was expected."""
-    media_type, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if media_type != b"multipart/form-data" or not boundary:
-        raise InvalidRequest("send the file as multipart/form-data", code="invalid_content_type")
-    return boundary
-
-
-async def receive_upload(
-    body: AsyncIterator[bytes], content_type: str | None, sink_path: Path, max_file_bytes: int
-) -> ReceivedUpload:
-    """Stream a multipart body to `sink_path`; raises 413 as soon as the cap is passed."""
-    receiver = MultipartReceiver(
-        multipart_boundary(content_type), sink_path.open("wb"), max_file_bytes
+def complete_upload(
+    factory: sessionmaker[Session],
+    storage: Storage,
+    settings: Settings,
+    *,
+    organization_id: str,
+    upload_id: str,
+    body: UploadComplete,
+    temp_path: Path,
+) -> tuple[Upload, File]:
+    """Assemble the named parts into `temp_path`, keep them as a file (validated as `POST
+    /v1/files` validates), and mark the upload completed in the file's transaction."""
+    with factory() as session:
+        upload = get_upload(session, organization_id, upload_id)
+        require_pending(upload.status, upload.expires_at, "complete")
+        parts = _named_parts(session, upload, body.part_ids)
+        session.expunge(upload)
+    size, sha256, md5 = _assemble(storage, parts, temp_path)
+    if body.md5 is not None and body.md5.lower() != md5:
+        raise InvalidRequest(
+            f"the parts' md5 is {md5}, not {body.md5}", param="md5", code="md5_mismatch"
+        )
+    new = NewFile(
+        filename=upload.filename,
+        purpose=upload.purpose,
+        bytes=size,
+        sha256=sha256,
+        expires_after_s=upload.file_expires_after_s,
     )
-    total = 0
-    try:
-        async for chunk in body:
-            total += len(chunk)
-            if total > max_file_bytes + ENVELOPE_ALLOWANCE:
-                raise PayloadTooLarge(
-                    f"the upload is over the {max_file_bytes} byte limit", param="file"
-                )
-            receiver.feed(chunk)
-        return receiver.finish()
-    finally:
-        receiver.sink.close()
+
+    def mark_completed(session: Session, file: File) -> None:
+        changed = session.execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.status == "pending")
+            .values(status="completed", file_id=file.id)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidUploadState(
+                "the upload was completed or cancelled meanwhile", param="upload_id"
+            )
+        session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+
+    file = keep_file(
+        factory,
+        storage,
+        settings,
+        organization_id=organization_id,
+        new=new,
+        temp_path=temp_path,
+        also=mark_completed,
+    )
+    storage.delete_prefix(parts_prefix(organization_id, upload_id))
+    upload.status, upload.file_id = "completed", file.id
+    return upload, file
+
+
+def _named_parts(session: Session, upload: Upload, part_ids: list[str]) -> list[UploadPart]:
+    """The parts `part_ids` names, in that order; 400 for an unknown or repeated id, or when
+    they do not add up to the bytes the upload was created for."""
+    if len(set(part_ids)) != len(part_ids):
+        raise InvalidRequest("part_ids names a part twice", param="part_ids", code="duplicate_part")
+    found = {
+        part.id: part
+        for part in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload.id))
+    }
+    unknown = [part_id for part_id in part_ids if part_id not in found]
+    if unknown:
+        raise InvalidRequest(
+            f"no part {unknown[0]!r} on this upload", param="part_ids", code="part_not_found"
+        )
+    parts = [found[part_id] for part_id in part_ids]
+    total = sum(part.bytes for part in parts)
+    if total != upload.bytes:
+        raise InvalidRequest(
+            f"the parts hold {total} bytes; the upload was created for {upload.bytes}",
+            param="part_ids",
+            code="upload_size_mismatch",
+        )
+    for part in parts:
+        session.expunge(part)
+    return parts
+
+
+def _assemble(storage: Storage, parts: list[UploadPart], target: Path) -> tuple[int, str, str]:
+    """Stream the parts into `target`; returns (bytes, sha256, md5) of the whole."""
+    sha256, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+    with target.open("wb") as sink:
+        for part in parts:
+            for chunk in storage.iter_bytes(part.storage_key):
+                sink.write(chunk)
+                sha256.update(chunk)
+                md5.update(chunk)
+                size += len(chunk)
+    return size, sha256.hexdigest(), md5.hexdigest()
+
+
+def cancel_upload(session: Session, storage: Storage, upload: Upload) -> Upload:
+    """A pending upload is cancelled and its parts deleted; cancelling twice is no error."""
+    if upload.status == "cancelled":
+        return upload
+    require_pending(upload.status, upload.expires_at, "cancel")
+    changed = session.execute(
+        update(Upload)
+        .where(Upload.id == upload.id, Upload.status == "pending")
+        .values(status="cancelled")
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise InvalidUploadState("the upload was completed meanwhile", param="upload_id")
+    session.execute(delete(UploadPart).where(UploadPart.upload_id == upload.id))
+    session.commit()
+    session.refresh(upload)
+    storage.delete_prefix(parts_prefix(upload.organization_id, upload.id))
+    return upload
+
+
+def expire_uploads(factory: sessionmaker[Session], storage: Storage, *, batch: int = 500) -> int:
+    """Mark pending uploads past their hour expired and delete their parts; returns how many."""
+    now = utcnow()
+    expired = 0
+    with factory() as session:
+        due = session.execute(
+            select(Upload.id, Upload.organization_id)
+            .where(Upload.status == "pending", Upload.expires_at <= now)
+            .limit(batch)
+        ).all()
+        for upload_id, organization_id in due:
+            changed = session.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.status == "pending")
+                .values(status="expired")
+            )
+            session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+            session.commit()
+            if changed.rowcount == 1:  # type: ignore[attr-defined]
+                storage.delete_prefix(parts_prefix(organization_id, upload_id))
+                expired += 1
+    return expired

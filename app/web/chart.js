@@ -62,7 +62,7 @@ export class LossChart {
 
   add(metrics) {
     if (metrics.train_loss != null) this.train.set(metrics.step, metrics.train_loss);
-    if (metrics.eval_loss != null) this.eval.set(metrics.step, metrics.eval_loss);
+    if (metrics.valid_loss != null) this.eval.set(metrics.step, metrics.valid_loss);
     this.totalSteps = Math.max(this.totalSteps, metrics.total_steps || 0);
     this.schedule();
   }

@@ -91,7 +91,7 @@ export function render(root, { id }, { announce }) {
     progress.value = metrics.step;
     $("#job-steps").textContent = `step ${metrics.step} of ${metrics.total_steps}`;
     $("#stat-train-loss").textContent = formatNumber(metrics.train_loss);
-    if (metrics.eval_loss != null) $("#stat-eval-loss").textContent = formatNumber(metrics.eval_loss);
+    if (metrics.valid_loss != null) $("#stat-eval-loss").textContent = formatNumber(metrics.valid_loss);
     $("#stat-lr").textContent = formatRate(metrics.lr);
     $("#stat-tokens").textContent = formatNumber(metrics.tokens_per_second, 1);
     $("#stat-epoch").textContent = formatNumber(metrics.epoch, 2);

@@ -114,8 +114,8 @@ def test_estimate_refuses_what_creation_refuses(
         ({"training_file": "file-nope"}, 400, "training_file", "file_not_found"),
         ({"training_file": foreign}, 400, "training_file", "file_not_found"),
         ({"validation_file": foreign}, 400, "validation_file", "file_not_found"),
-        ({"lora": {"r": 0}}, 422, "lora.r", "invalid_request_body"),
-        ({"training": {"lr": 1e-4}}, 422, "training.lr", "invalid_request_body"),
+        ({"lora": {"r": 0}}, 400, "lora.r", "invalid_request_body"),
+        ({"training": {"lr": 1e-4}}, 400, "training.lr", "invalid_request_body"),
     ]
     for fields, status, param, code in cases:
         body = {"training_file": training_file, **fields}

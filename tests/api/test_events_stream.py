@@ -197,10 +197,10 @@ def test_idle_stream_sends_keep_alive_comments(
     assert parse_sse(response.text)[-1].event == "done"
 
 
-def test_invalid_last_event_id_is_400(client: TestClient, tenant_a: Tenant, job_id: str):
+def test_a_last_event_id_naming_no_event_is_404(client: TestClient, tenant_a: Tenant, job_id: str):
     response = stream(client, tenant_a, job_id, **{"Last-Event-ID": "nonsense"})
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_cursor"
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "cursor_not_found"
     assert response.json()["error"]["param"] == "Last-Event-ID"
 
 

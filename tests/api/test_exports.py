@@ -82,7 +82,7 @@ def test_create_export_keeps_the_requested_dtype(client: TestClient, tenant_a: T
         {"type": "merged", "quantize": True},
     ],
 )
-def test_invalid_export_body_is_422(
+def test_invalid_export_body_is_400(
     client: TestClient,
     tenant_a: Tenant,
     enqueuer: RecordingEnqueuer,
@@ -91,7 +91,8 @@ def test_invalid_export_body_is_422(
     body: dict[str, object],
 ):
     response = client.post(exports_url(job_id), headers=tenant_a.headers, json=body)
-    assert response.status_code == 422
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
     assert not [s for s in enqueuer.sent if s.task_name == "exports.run_export"]
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Export)) == 0

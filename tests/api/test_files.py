@@ -189,8 +189,8 @@ def test_bom_crlf_and_blank_lines_are_accepted(client: TestClient, tenant_a: Ten
     assert response.json()["stats"]["examples"] == 12
 
 
-def test_wrong_purpose_is_refused(client: TestClient, tenant_a: Tenant):
-    response = upload(client, tenant_a, chat_dataset(12), purpose="assistants")
+def test_a_purpose_openai_does_not_list_is_refused(client: TestClient, tenant_a: Tenant):
+    response = upload(client, tenant_a, chat_dataset(12), purpose="training")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "purpose"
 

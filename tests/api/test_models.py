@@ -66,5 +66,5 @@ def test_fine_tuned_model_is_listed_and_deletable(
     assert deleted == {"id": name, "object": "model", "deleted": True}
     assert client.get(f"/v1/models/{name}", headers=tenant_a.headers).status_code == 404
     base = client.delete("/v1/models/loraforge/tiny-random-llama", headers=tenant_a.headers)
-    assert base.status_code == 400
+    assert base.status_code == 403
     assert base.json()["error"]["code"] == "model_not_deletable"

@@ -19,7 +19,7 @@ from app.db.base import Base
 from app.db.models import Job
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_export, chat_dataset
-from tests.hardening.seed import MODEL, seed_organization
+from tests.hardening.seed import MODEL, Seeded, seed_organization
 
 # Columns that legitimately change when A is not the caller: none of A's, but B's key use.
 VOLATILE = {("api_key", "last_used_at")}
@@ -32,6 +32,21 @@ def seed_tenant_a(
 ) -> dict[str, str]:
     file_id = upload(client, tenant, chat_dataset(12)).json()["id"]
     job_id = create_job(client, tenant, file_id, suffix="secret").json()["id"]
+    pending = client.post(
+        "/v1/uploads",
+        headers=tenant.headers,
+        json={
+            "filename": "t.jsonl",
+            "purpose": "fine-tune",
+            "bytes": 10,
+            "mime_type": "text/jsonl",
+        },
+    ).json()
+    part = client.post(
+        f"/v1/uploads/{pending['id']}/parts",
+        headers=tenant.headers,
+        files={"data": ("blob", b"01234", "application/octet-stream")},
+    ).json()
     with factory() as session:
         job = session.get_one(Job, job_id)
         job.status = "succeeded"
@@ -45,6 +60,8 @@ def seed_tenant_a(
             "model": job.fine_tuned_model,
             "checkpoint_id": checkpoint.id,
             "export_id": export.id,
+            "upload_id": pending["id"],
+            "part_id": part["id"],
         }
 
 
@@ -131,7 +148,7 @@ def test_lists_never_show_another_tenants_objects(
     assert own & set(ids.values())
 
 
-def test_cursor_from_another_tenant_is_refused(
+def test_cursor_from_another_tenant_names_no_object(
     client: TestClient,
     tenant_a: Tenant,
     tenant_b: Tenant,
@@ -139,8 +156,8 @@ def test_cursor_from_another_tenant_is_refused(
 ):
     ids = seed_tenant_a(client, tenant_a, session_factory)
     response = client.get(f"/v1/files?after={ids['file_id']}", headers=tenant_b.headers)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_cursor"
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "cursor_not_found"
 
 
 def test_another_tenants_child_ids_under_an_own_job_answer_404(
@@ -184,7 +201,20 @@ def body_references(client: TestClient) -> list[tuple[str, str]]:
 
 
 # Body fields that name a tenant's object, and the error code a stranger's id gets.
-BODY_REFERENCES = {"training_file": "file_not_found", "validation_file": "file_not_found"}
+BODY_REFERENCES = {
+    "training_file": "file_not_found",
+    "validation_file": "file_not_found",
+    "part_ids": "part_not_found",
+}
+
+
+def stranger_request(
+    path: str, field: str, ids: dict[str, str], own: Seeded
+) -> tuple[str, dict[str, Any]]:
+    """B's request naming A's object in `field`, everything else B's own."""
+    if field == "part_ids":  # B completes its own upload with A's part
+        return path.replace("{upload_id}", own.upload_id), {"part_ids": [ids["part_id"]]}
+    return path, {"model": MODEL, "training_file": own.file_id, field: ids["file_id"]}
 
 
 def test_body_fields_naming_another_tenants_file_are_refused(
@@ -201,8 +231,8 @@ def test_body_fields_naming_another_tenants_file_are_refused(
     references = body_references(client)
     assert {field for _, field in references} == set(BODY_REFERENCES)
     for path, field in references:
-        body = {"model": MODEL, "training_file": own.file_id, field: ids["file_id"]}
-        response = client.post(path, headers=tenant_b.headers, json=body)
+        url, body = stranger_request(path, field, ids, own)
+        response = client.post(url, headers=tenant_b.headers, json=body)
         assert response.status_code in (400, 404), f"{path} {field}: {response.status_code}"
         error = response.json()["error"]
         assert (error["code"], error["param"]) == (BODY_REFERENCES[field], field), path
@@ -234,9 +264,9 @@ def test_list_cursors_never_page_from_another_tenants_objects(
             url = url.replace("{" + param + "}", value)
         for cursor in ids.values():
             response = client.get(url, params={"after": cursor}, headers=tenant_b.headers)
-            assert response.status_code in (200, 400), f"{path}: {response.status_code}"
-            if response.status_code == 400:
-                assert response.json()["error"]["code"] == "invalid_cursor"
+            assert response.status_code in (200, 404), f"{path}: {response.status_code}"
+            if response.status_code == 404:
+                assert response.json()["error"]["code"] == "cursor_not_found"
             else:
                 listed = {item["id"] for item in response.json()["data"]}
                 assert not listed & set(ids.values()), path

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -92,6 +93,80 @@ def test_sdk_raises_the_mapped_error_classes(server: tuple[str, dict[str, str]])
     assert bad_file.value.body["problems"][0]["line"] == 1  # type: ignore[index]
     with pytest.raises(openai.AuthenticationError):
         make_client(base_url, "lf-not-a-key").files.list()
+    # A request that fails its schema is a BadRequestError too, naming the parameter.
+    with pytest.raises(openai.BadRequestError) as bad_limit:
+        client.files.list(limit=0)
+    assert (bad_limit.value.code, bad_limit.value.param) == ("invalid_request_body", "limit")
+    with pytest.raises(openai.BadRequestError) as bad_body:
+        client.fine_tuning.jobs.create(
+            model="loraforge/tiny-random-llama",
+            training_file="file-x",
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}},
+        )
+    assert bad_body.value.param == "method.supervised.hyperparameters.n_epochs"
+
+
+def test_sdk_uploads_a_file_in_parts_and_trains_on_it(server: tuple[str, dict[str, str]]):
+    """upload_file_chunked: create, parts, complete; the file is validated as a whole."""
+    base_url, env = server
+    client = make_client(base_url, new_key(env, "sdk-uploads"))
+    content = chat_dataset(40)
+    uploaded = client.uploads.upload_file_chunked(
+        file=content,
+        filename="big.jsonl",
+        bytes=len(content),
+        mime_type="text/jsonl",
+        purpose="fine-tune",
+        part_size=1024,
+        md5=hashlib.md5(content).hexdigest(),
+    )
+    assert uploaded.status == "completed" and uploaded.file is not None
+    assert (uploaded.file.bytes, uploaded.file.purpose) == (len(content), "fine-tune")
+    assert client.files.content(uploaded.file.id).content == content
+    job = client.fine_tuning.jobs.create(
+        model="loraforge/tiny-random-llama",
+        training_file=uploaded.file.id,
+        suffix="from parts: v1",
+        metadata={"source": "uploads"},
+    )
+    assert job.suffix == "from parts: v1" and job.integrations == []
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"source": "uploads"})] == [job.id]
+    assert list(client.fine_tuning.jobs.list(metadata={"source": "other"})) == []
+
+    bad = jsonl({"messages": []}) * 20
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.uploads.upload_file_chunked(
+            file=bad, filename="bad.jsonl", bytes=len(bad), mime_type="text/jsonl",
+            purpose="fine-tune", part_size=100,
+        )  # fmt: skip
+    assert refused.value.code == "missing_messages_list"
+
+    pending = client.uploads.create(
+        bytes=10, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    client.uploads.parts.create(upload_id=pending.id, data=b"0123456789")
+    assert client.uploads.cancel(pending.id).status == "cancelled"
+    with pytest.raises(openai.ConflictError):
+        client.uploads.parts.create(upload_id=pending.id, data=b"0")
+
+
+def test_sdk_files_take_every_purpose_expiry_and_order(server: tuple[str, dict[str, str]]):
+    base_url, env = server
+    client = make_client(base_url, new_key(env, "sdk-files"))
+    kept = client.files.create(
+        file=("t.jsonl", io.BytesIO(chat_dataset(12))),
+        purpose="fine-tune",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert kept.expires_at == kept.created_at + 3600
+    batch = client.files.create(file=("b.jsonl", io.BytesIO(b"anything")), purpose="batch")
+    assert batch.purpose == "batch" and batch.expires_at is not None
+    assert [f.id for f in client.files.list(order="asc")] == [kept.id, batch.id]
+    assert [f.id for f in client.files.list(order="desc", limit=1)] == [batch.id, kept.id]
+    assert [f.id for f in client.files.list(purpose="batch")] == [batch.id]
+    with pytest.raises(openai.BadRequestError) as not_training_data:
+        client.fine_tuning.jobs.create(model="loraforge/tiny-random-llama", training_file=batch.id)
+    assert not_training_data.value.code == "invalid_file_purpose"
 
 
 def test_revoked_key_stops_working(server: tuple[str, dict[str, str]], tmp_path: Path):

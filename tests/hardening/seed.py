@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets import DatasetStats
 from app.db.base import new_id, utcnow
-from app.db.models import Export, File, Job
+from app.db.models import Export, File, Job, Upload, UploadPart
 from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec, resolve_spec
 from app.services.events import add_event
 from app.services.files import storage_key
+from app.services.uploads import UPLOAD_LIFETIME_S, parts_prefix
 from tests.artifacts import write_files
 from tests.factories import add_checkpoint, add_export, chat_dataset
 
@@ -43,6 +44,9 @@ class Seeded:
     export_id: str
     queued_export_id: str
     model: str
+    upload_id: str  # every part received: completing it with upload_part_ids succeeds
+    upload_part_ids: tuple[str, ...]
+    partial_upload_id: str  # half of its bytes received: room for more parts
 
     @property
     def terminal_job_id(self) -> str:
@@ -62,6 +66,8 @@ class Seeded:
             {"fine_tuning_job_id": self.running_job_id},
             {"model": self.model},
             {"model": MODEL},
+            {"upload_id": self.upload_id},
+            {"upload_id": self.partial_upload_id},
         ]
 
 
@@ -99,7 +105,8 @@ def seed_organization(
     factory: sessionmaker[Session], data_dir: Path, organization_id: str
 ) -> Seeded:
     """A file, jobs in four states (with a lease on the running one), checkpoints with their
-    files, a succeeded and a queued export, and a fine-tuned model."""
+    files, a succeeded and a queued export, a fine-tuned model, and two pending uploads of
+    the file's bytes: one with both its halves received, one with the first."""
     content = chat_dataset(12)
     with factory() as session:
         file = File(
@@ -143,6 +150,11 @@ def seed_organization(
             lease_expires_at=now + timedelta(hours=1),
             started_at=now,
         )
+        half = len(content) // 2
+        upload, part_ids = _pending_upload(
+            session, data_dir, organization_id, content, [content[:half], content[half:]]
+        )
+        partial, _ = _pending_upload(session, data_dir, organization_id, content, [content[:half]])
         session.commit()
         assert isinstance(export, Export) and done.fine_tuned_model
         return Seeded(
@@ -156,4 +168,44 @@ def seed_organization(
             export_id=export.id,
             queued_export_id=queued_export.id,
             model=done.fine_tuned_model,
+            upload_id=upload.id,
+            upload_part_ids=part_ids,
+            partial_upload_id=partial.id,
         )
+
+
+def _pending_upload(
+    session: Session, data_dir: Path, organization_id: str, content: bytes, parts: list[bytes]
+) -> tuple[Upload, tuple[str, ...]]:
+    """An upload of `content` that has received `parts`, stored as the API stores them."""
+    now = utcnow()
+    upload = Upload(
+        id=new_id("upload"),
+        organization_id=organization_id,
+        filename="train.jsonl",
+        purpose="fine-tune",
+        bytes=len(content),
+        mime_type="text/jsonl",
+        status="pending",
+        created_at=now,
+        expires_at=now + timedelta(seconds=UPLOAD_LIFETIME_S),
+    )
+    session.add(upload)
+    session.flush()
+    part_ids = []
+    for data in parts:
+        part_id = new_id("part")
+        key = f"{parts_prefix(organization_id, upload.id)}/{part_id}"
+        session.add(
+            UploadPart(
+                id=part_id,
+                upload_id=upload.id,
+                organization_id=organization_id,
+                bytes=len(data),
+                storage_key=key,
+                created_at=now,
+            )
+        )
+        write_files(data_dir, {key: data})
+        part_ids.append(part_id)
+    return upload, tuple(part_ids)

@@ -22,7 +22,8 @@ from app.config import Settings
 from app.db import session as db_session
 from app.db.session import is_contention
 from app.errors import TooManyConcurrentUploads
-from app.main import STALE_PART_S, create_app
+from app.main import create_app
+from app.services.housekeeping import STALE_PART_S
 from app.storage import LocalStorage
 from tests.conftest import RecordingEnqueuer, post_job, upload
 from tests.factories import Tenant, chat_dataset, create_tenant

@@ -1,5 +1,5 @@
 """Mass assignment: a body can set only what the client owns. Unknown fields and the fields the
-server owns (organization, status, attempt, fine_tuned_model...) are refused with 422 on every
+server owns (organization, status, attempt, fine_tuned_model...) are refused with 400 on every
 route that takes a JSON body, at every depth, and nothing is created."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Export, Job
+from app.db.models import Export, Job, Upload
 from tests.factories import Tenant, set_job_status
 
 # Fields of the objects the server returns that a client must never set.
@@ -95,7 +95,17 @@ def succeeded_job(
     return job_id
 
 
-def valid_bodies(training_file: str, job_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
+UPLOAD = {"filename": "t.jsonl", "purpose": "fine-tune", "bytes": 10, "mime_type": "text/jsonl"}
+
+
+@pytest.fixture
+def upload_id(client: TestClient, tenant_a: Tenant) -> str:
+    return str(client.post("/v1/uploads", headers=tenant_a.headers, json=UPLOAD).json()["id"])
+
+
+def valid_bodies(
+    training_file: str, job_id: str, upload_id: str
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """Path template -> (URL, a body the route accepts)."""
     job = {"model": "loraforge/tiny-random-llama", "training_file": training_file}
     return {
@@ -104,6 +114,11 @@ def valid_bodies(training_file: str, job_id: str) -> dict[str, tuple[str, dict[s
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/exports": (
             f"/v1/fine_tuning/jobs/{job_id}/exports",
             {"type": "merged"},
+        ),
+        "/v1/uploads": ("/v1/uploads", UPLOAD),
+        "/v1/uploads/{upload_id}/complete": (
+            f"/v1/uploads/{upload_id}/complete",
+            {"part_ids": []},
         ),
         "/v1/chat/completions": (
             "/v1/chat/completions",
@@ -119,11 +134,12 @@ def valid_bodies(training_file: str, job_id: str) -> dict[str, tuple[str, dict[s
     }
 
 
-def counts(factory: sessionmaker[Session]) -> tuple[int, int]:
+def counts(factory: sessionmaker[Session]) -> tuple[int, int, int]:
     with factory() as session:
         return (
             int(session.scalar(select(func.count(Job.id))) or 0),
             int(session.scalar(select(func.count(Export.id))) or 0),
+            int(session.scalar(select(func.count(Upload.id))) or 0),
         )
 
 
@@ -132,15 +148,16 @@ def test_server_owned_and_unknown_fields_are_refused_on_every_json_route(
     tenant_a: Tenant,
     training_file: str,
     succeeded_job: str,
+    upload_id: str,
     session_factory: sessionmaker[Session],
 ):
-    bodies = valid_bodies(training_file, succeeded_job)
+    bodies = valid_bodies(training_file, succeeded_job, upload_id)
     assert set(json_bodies(client)) == set(bodies), "add the new route's body to valid_bodies"
     before = counts(session_factory)
     for url, body in bodies.values():
         for field in [*SERVER_OWNED, "unknown_field"]:
             response = client.post(url, headers=tenant_a.headers, json={**body, field: "x"})
-            assert response.status_code == 422, (url, field, response.status_code)
+            assert response.status_code == 400, (url, field, response.status_code)
             error = response.json()["error"]
             assert (error["param"], error["code"]) == (field, "invalid_request_body"), (url, field)
     assert counts(session_factory) == before
@@ -168,7 +185,7 @@ def test_server_owned_fields_are_refused_at_every_depth(
     before = counts(session_factory)
     body = {"model": "loraforge/tiny-random-llama", "training_file": training_file, **nested}
     response = client.post("/v1/fine_tuning/jobs", headers=tenant_a.headers, json=body)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["details"][0]["type"] == "extra_forbidden"
     assert counts(session_factory) == before
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.services.uploads import MAX_PARTS
+from app.services.multipart import MAX_PARTS
 from tests.conftest import upload
 from tests.factories import Tenant, chat_dataset
 
@@ -107,39 +107,45 @@ def test_a_long_filename_is_cut(client: TestClient, tenant_a: Tenant):
 
 
 @pytest.mark.parametrize(
-    "url",
-    [
-        "/v1/files?after=%00",
-        "/v1/files/file-%00",
-        "/v1/fine_tuning/jobs?after=a%0Ab",
-        "/v1/fine_tuning/jobs/ftjob-%00/events",
-        "/v1/models/ft:x%00y",
-    ],
+    "url", ["/v1/files?after=%00", "/v1/fine_tuning/jobs?after=a%0Ab", "/v1/files?purpose=a%7F"]
 )
-def test_control_characters_in_a_url_are_a_400(client: TestClient, tenant_a: Tenant, url: str):
+def test_control_characters_in_a_query_are_a_400(client: TestClient, tenant_a: Tenant, url: str):
     response = client.get(url, headers=tenant_a.headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_url"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["/v1/files/file-%00", "/v1/fine_tuning/jobs/ftjob-%00/events", "/v1/models/ft:x%00y"],
+)
+def test_control_characters_in_a_path_name_no_object(
+    client: TestClient, tenant_a: Tenant, url: str
+):
+    """A 404 as for any unknown id: the schema allows any string in a path id."""
+    response = client.get(url, headers=tenant_a.headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize("field", ["training_file", "validation_file", "model"])
-def test_control_characters_in_job_ids_are_a_422(
+def test_control_characters_in_job_ids_are_a_400(
     client: TestClient, tenant_a: Tenant, training_file: str, field: str
 ):
     body = {"model": "loraforge/tiny-random-llama", "training_file": training_file}
     body[field] = "file-\x00abc"
     response = client.post("/v1/fine_tuning/jobs", headers=tenant_a.headers, json=body)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["param"] == field
 
 
-def test_an_idempotency_key_with_control_characters_is_a_422(
+def test_an_idempotency_key_with_control_characters_is_a_400(
     client: TestClient, tenant_a: Tenant, training_file: str
 ):
     body = {"model": "loraforge/tiny-random-llama", "training_file": training_file}
     headers = {**tenant_a.headers, "Idempotency-Key": "a\x01b"}
     response = client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
-    assert response.status_code == 422
+    assert response.status_code == 400
 
 
 def test_thousands_of_ranges_are_ignored_not_multiplied(client: TestClient, tenant_a: Tenant):

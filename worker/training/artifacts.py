@@ -90,7 +90,8 @@ def model_card(config: TrainingConfig, summary: dict[str, Any]) -> str:
             f"learning_rate={spec.training.learning_rate}, optimizer={spec.training.optimizer}",
             f"- steps={summary.get('global_step')}, "
             f"trained_tokens={summary.get('trained_tokens')}, "
-            f"final train loss={summary.get('final_loss')}, eval loss={summary.get('eval_loss')}",
+            f"final train loss={summary.get('final_loss')}, "
+            f"validation loss={summary.get('full_valid_loss')}",
             "",
             "Load it with `peft.PeftModel.from_pretrained(base_model, this_directory)`.",
             "provenance.json records the dataset hashes, the resolved spec and library versions.",

@@ -56,8 +56,10 @@ class TrainingResult:
     train_runtime: float  # seconds of the training loop in this session
     tokens_per_second: float  # non-pad input tokens per second in this session
     final_loss: float | None
-    eval_loss: float | None
-    eval_token_accuracy: float | None
+    train_mean_token_accuracy: float | None  # of the last step
+    # The whole validation set at the last checkpoint (the last step, when completed).
+    full_valid_loss: float | None
+    full_valid_mean_token_accuracy: float | None
     peak_memory_bytes: int
     truncated: int
     dropped: int
@@ -104,8 +106,9 @@ def run_training(
         train_runtime=runtime,
         tokens_per_second=tokens / runtime if runtime > 0 else 0.0,
         final_loss=run.state.train_loss,
-        eval_loss=run.state.eval_loss,
-        eval_token_accuracy=run.state.eval_token_accuracy,
+        train_mean_token_accuracy=run.state.train_mean_token_accuracy,
+        full_valid_loss=run.state.full_valid_loss,
+        full_valid_mean_token_accuracy=run.state.full_valid_mean_token_accuracy,
         peak_memory_bytes=peak_memory_bytes(config.device),
         truncated=train_data.truncated,
         dropped=train_data.dropped,
@@ -194,7 +197,7 @@ def restore_run(run: TrainingRun, checkpoint: Path, paths: TrainingPaths) -> Non
     saved = load_checkpoint(checkpoint, run.model, run.training_objects(), run.config.device)
     if saved["training_file_sha256"] != file_sha256(paths.train_file):
         raise RuntimeError(f"checkpoint {checkpoint} was trained on a different training file")
-    run.state = TrainState(**saved["state"])
+    run.state = TrainState.from_saved(saved["state"])
     logger.info("resumed from %s at step %d", checkpoint, run.state.global_step)
 
 
@@ -205,8 +208,9 @@ def save_final_adapter(run: TrainingRun, tokenizer: Any, paths: TrainingPaths) -
         "global_step": state.global_step,
         "trained_tokens": state.trained_tokens,
         "final_loss": state.train_loss,
-        "eval_loss": state.eval_loss,
-        "eval_token_accuracy": state.eval_token_accuracy,
+        "train_mean_token_accuracy": state.train_mean_token_accuracy,
+        "full_valid_loss": state.full_valid_loss,
+        "full_valid_mean_token_accuracy": state.full_valid_mean_token_accuracy,
     }
     return save_adapter(
         run.model,
@@ -229,6 +233,7 @@ def train(
         stop_reason = hooks.should_stop() if hooks.should_stop else None
         if stop_reason is not None:
             if metrics is not None:  # else nothing new since the resumed checkpoint
+                metrics = with_validation(run, metrics, valid=False, full=True)
                 last_checkpoint = save_step_checkpoint(run, paths, hooks, metrics)
             return stop_reason, last_checkpoint, tokens
         output = train_step(run)
@@ -236,12 +241,14 @@ def train(
         update_state(run.state, output)
         elapsed = time.perf_counter() - started
         metrics = step_metrics(run, output, tokens, elapsed, run.state.global_step - first_step)
-        if is_due(training.eval_every_steps, run) and run.eval_batches:
-            metrics = with_eval(run, metrics)
+        checkpoint_due = is_due(training.checkpoint_every_steps, run)
+        metrics = with_validation(
+            run, metrics, valid=is_due(training.eval_every_steps, run), full=checkpoint_due
+        )
         results.write(metrics)
         if hooks.on_metrics:
             hooks.on_metrics(metrics)
-        if is_due(training.checkpoint_every_steps, run):
+        if checkpoint_due:
             last_checkpoint = save_step_checkpoint(run, paths, hooks, metrics)
     return None, last_checkpoint, tokens
 
@@ -257,6 +264,7 @@ def update_state(state: TrainState, output: Any) -> None:
     state.global_step += 1
     state.trained_tokens += output.trained_tokens
     state.train_loss = output.loss
+    state.train_mean_token_accuracy = output.token_accuracy
     state.lr = output.lr
 
 
@@ -275,6 +283,7 @@ def step_metrics(
         total_steps=run.total_steps,
         epoch=micro_batches_done / run.plan.batches_per_epoch,
         train_loss=output.loss,
+        train_mean_token_accuracy=output.token_accuracy,
         lr=output.lr,
         grad_norm=output.grad_norm,
         tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
@@ -283,11 +292,22 @@ def step_metrics(
     )
 
 
-def with_eval(run: TrainingRun, metrics: StepMetrics) -> StepMetrics:
-    """Evaluate and attach eval_loss and eval_token_accuracy to the step's metrics."""
+def with_validation(
+    run: TrainingRun, metrics: StepMetrics, *, valid: bool, full: bool
+) -> StepMetrics:
+    """One pass over the validation set, when there is one and the step needs it: on
+    evaluation steps its loss and token accuracy are valid_*, on checkpoint steps both
+    valid_* and full_valid_* (a checkpoint's metrics, as OpenAI reports them)."""
+    if not run.eval_batches or not (valid or full) or metrics.full_valid_loss is not None:
+        return metrics
     loss, accuracy = evaluate(run)
-    run.state.eval_loss, run.state.eval_token_accuracy = loss, accuracy
-    return replace(metrics, eval_loss=loss, eval_token_accuracy=accuracy)
+    state = run.state
+    state.valid_loss, state.valid_mean_token_accuracy = loss, accuracy
+    metrics = replace(metrics, valid_loss=loss, valid_mean_token_accuracy=accuracy)
+    if full:
+        state.full_valid_loss, state.full_valid_mean_token_accuracy = loss, accuracy
+        metrics = replace(metrics, full_valid_loss=loss, full_valid_mean_token_accuracy=accuracy)
+    return metrics
 
 
 def save_step_checkpoint(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -25,14 +25,26 @@ class TrainState:
     global_step: int = 0
     trained_tokens: int = 0
     train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
     lr: float | None = None
-    eval_loss: float | None = None
-    eval_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainState:
+        """The state a checkpoint stored, by its current names or those it had before."""
+        renamed = {"eval_loss": "valid_loss", "eval_token_accuracy": "valid_mean_token_accuracy"}
+        values = {renamed.get(key, key): value for key, value in saved.items()}
+        known = {known_field.name for known_field in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 @dataclass
 class StepOutput:
     loss: float
+    token_accuracy: float  # share of the trained tokens whose next token ranked first
     lr: float
     grad_norm: float
     tokens: int
@@ -107,11 +119,13 @@ def train_step(run: TrainingRun) -> StepOutput:
     ]
     # Normalise by the step's trained tokens: every token weighs the same, whatever its batch.
     step_tokens = max(1, sum(batch.trained_tokens for batch in batches))
-    total_loss = 0.0
+    total_loss, correct, counted = 0.0, 0, 0
     for batch in batches:
-        loss, _ = token_losses(run.model, batch, run)
+        loss, (logits, labels) = token_losses(run.model, batch, run)
         run.scaler.scale(loss / step_tokens).backward()
         total_loss += loss.item()
+        batch_correct, batch_counted = count_correct(logits, labels)
+        correct, counted = correct + batch_correct, counted + batch_counted
     run.scaler.unscale_(run.optimizer)
     parameters = [p for p in run.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, run.config.training.max_grad_norm)
@@ -122,6 +136,7 @@ def train_step(run: TrainingRun) -> StepOutput:
     run.optimizer.zero_grad(set_to_none=True)
     return StepOutput(
         loss=total_loss / step_tokens,
+        token_accuracy=correct / max(1, counted),
         lr=lr,
         grad_norm=float(grad_norm),
         tokens=sum(batch.tokens for batch in batches),
@@ -130,16 +145,23 @@ def train_step(run: TrainingRun) -> StepOutput:
 
 
 @torch.no_grad()
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(labelled tokens whose next token the logits rank first, labelled tokens)."""
+    labelled = labels != IGNORE_INDEX
+    correct = int((logits.detach().argmax(-1)[labelled] == labels[labelled]).sum())
+    return correct, int(labelled.sum())
+
+
+@torch.no_grad()
 def evaluate(run: TrainingRun) -> tuple[float, float]:
-    """Mean loss per labelled token and next-token accuracy on the validation batches."""
+    """Mean loss per labelled token and next-token accuracy on the whole validation set."""
     inference_mode(run.model)
     loss_sum, correct, count = 0.0, 0, 0
     for batch in run.eval_batches:
         loss, (logits, labels) = token_losses(run.model, batch, run)
-        labelled = labels != IGNORE_INDEX
         loss_sum += loss.item()
-        correct += int((logits.argmax(-1)[labelled] == labels[labelled]).sum())
-        count += int(labelled.sum())
+        batch_correct, batch_count = count_correct(logits, labels)
+        correct, count = correct + batch_correct, count + batch_count
     run.model.train()
     return loss_sum / max(1, count), correct / max(1, count)
 

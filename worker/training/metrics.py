@@ -14,19 +14,26 @@ StopReason = Literal["cancel", "pause", "shutdown"]
 
 @dataclass(frozen=True, slots=True)
 class StepMetrics:
-    """What one optimizer step reports; eval_* are set on evaluation steps only."""
+    """What one optimizer step reports, named as OpenAI's metrics are. With a validation file,
+    valid_* are set on evaluation steps (eval_every_steps, and the last) and full_valid_* on
+    checkpoint steps; both are measured on the whole validation set."""
 
     step: int
     total_steps: int
     epoch: float  # fractional: 1.5 = half-way through the second epoch
     train_loss: float  # mean cross-entropy per trained token over the step's micro-batches
+    # Share of the step's trained tokens whose next token the model ranked first (before the
+    # update, as the loss).
+    train_mean_token_accuracy: float
     lr: float  # the learning rate this step used
     grad_norm: float  # before clipping to max_grad_norm
     tokens_per_second: float  # non-pad input tokens processed per second, this session
     trained_tokens: int  # cumulative tokens the loss was taken on, since step 0
     eta_seconds: float
-    eval_loss: float | None = None
-    eval_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         """Plain JSON-ready values, e.g. for a job_event row."""
@@ -58,7 +65,8 @@ class ResultsWriter:
         kept = [row for row in rows if int(row["step"]) <= resume_step]
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS)
+            # Rows of a run started before a column was renamed keep what still has a name.
+            writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
@@ -10,24 +12,22 @@ from app.api.deps import (
     AfterQuery,
     CurrentOrgDep,
     FileDep,
-    LimitQuery,
     SessionDep,
     SettingsDep,
     StorageDep,
     read_engine,
-    read_sessions,
 )
+from app.api.guards import NO_CONTROL_CHARACTERS
 from app.api.object_response import stored_response
-from app.api.presenters import file_public
-from app.api.routes import ERROR_RESPONSES
+from app.api.presenters import file_page_json, file_public
+from app.api.routes import ERROR_RESPONSES, disk_full_refused
 from app.api.slots import OrganizationSlots
-from app.errors import InsufficientStorage, PayloadTooLarge
+from app.errors import PayloadTooLarge
 from app.schemas.common import DeletedObject, ListPage
-from app.schemas.files import FilePublic, FilePurpose
+from app.schemas.files import UPLOAD_PURPOSES, ExpiresAfter, FilePublic
 from app.services import files as file_service
+from app.services.multipart import ENVELOPE_ALLOWANCE, receive_upload
 from app.services.quotas import check_storage_room
-from app.services.uploads import ENVELOPE_ALLOWANCE, receive_upload
-from app.storage import is_disk_full
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
 
@@ -40,7 +40,18 @@ UPLOAD_BODY = {
                 "required": ["file", "purpose"],
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
-                    "purpose": {"type": "string", "enum": ["fine-tune"]},
+                    "purpose": {
+                        "type": "string",
+                        "enum": sorted(UPLOAD_PURPOSES),
+                        "description": "Only `fine-tune` files are validated as training data "
+                        "and usable by jobs; the others are stored as they are",
+                    },
+                    "expires_after": {
+                        **ExpiresAfter.model_json_schema(),
+                        "description": "When the file expires (batch files: 30 days unless "
+                        "given); also accepted as `expires_after[anchor]` and "
+                        "`expires_after[seconds]` fields",
+                    },
                 },
             }
         }
@@ -73,47 +84,63 @@ async def create_file(
             await connection.run_sync(check_storage_room, settings, organization_id, 0)
         temp = storage.temp_path(file_service.storage_key(organization_id, "upload"))
         try:
-            upload = await receive_upload(
-                request.stream(),
-                request.headers.get("content-type"),
-                temp,
-                settings.max_upload_bytes,
-            )
-            record = await run_in_threadpool(
-                file_service.store_upload,
-                request.app.state.session_factory,
-                storage,
-                settings,
-                organization_id=organization_id,
-                upload=upload,
-                temp_path=temp,
-            )
-        except OSError as error:
-            if is_disk_full(error):
-                raise InsufficientStorage(
-                    "the server's disk is full; nothing was kept. Try again later",
-                    param="file",
-                ) from error
-            raise
+            with disk_full_refused("file"):
+                upload = await receive_upload(
+                    request.stream(),
+                    request.headers.get("content-type"),
+                    temp,
+                    settings.max_upload_bytes,
+                )
+                record = await run_in_threadpool(
+                    file_service.store_upload,
+                    request.app.state.session_factory,
+                    storage,
+                    settings,
+                    organization_id=organization_id,
+                    upload=upload,
+                    temp_path=temp,
+                )
         finally:
             temp.unlink(missing_ok=True)
     return file_public(record)
 
 
-@router.get("")
+# OpenAI's bounds and default: a whole listing fits one page unless the client asks for less.
+MAX_FILES_PAGE = 10_000
+FilesLimitQuery = Annotated[int, Query(ge=1, le=MAX_FILES_PAGE)]
+OrderQuery = Annotated[
+    Literal["asc", "desc"], Query(description="By creation time: `desc` (newest first) or `asc`")
+]
+PurposeQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="Only files of this purpose (`fine-tune`, `fine-tune-results`, `batch`...)",
+    ),
+]
+
+
+@router.get("", response_model=ListPage[FilePublic])
 async def read_files(
     request: Request,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
-    limit: LimitQuery = 20,
-    purpose: FilePurpose | None = None,
-) -> ListPage[FilePublic]:
-    """The organization's files, newest first."""
-    async with read_sessions(request)() as session:
-        rows, has_more = await session.run_sync(
-            file_service.list_files, organization_id, after=after, limit=limit, purpose=purpose
+    limit: FilesLimitQuery = MAX_FILES_PAGE,
+    order: OrderQuery = "desc",
+    purpose: PurposeQuery = None,
+) -> Response:
+    """The organization's files that have not expired, newest first unless `order=asc`."""
+    async with read_engine(request).connect() as connection:
+        rows, has_more = await connection.run_sync(
+            file_service.list_files,
+            organization_id,
+            after=after,
+            limit=limit,
+            order=order,
+            purpose=purpose,
         )
-    return ListPage[FilePublic].of([file_public(r) for r in rows], has_more)
+    return Response(file_page_json(rows, has_more), media_type="application/json")
 
 
 @router.get("/{file_id}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,7 @@ from app.api.deps import (
     CurrentOrgDep,
     EnqueuerDep,
     JobDep,
+    JobIdPath,
     LimitQuery,
     ReadJobDep,
     SessionDep,
@@ -27,6 +28,7 @@ from app.api.deps import (
     write_session,
 )
 from app.api.event_stream import SSE_RESPONSE, resume_after, stream_job_events
+from app.api.metadata_filter import METADATA_PARAMETER, metadata_filter
 from app.api.presenters import checkpoint_public, event_page_json, job_public
 from app.api.routes import ERROR_RESPONSES, TARBALL_RESPONSE, tarball
 from app.config import Settings
@@ -44,7 +46,10 @@ IdempotencyKeyHeader = Annotated[
 ]
 LastEventIdHeader = Annotated[
     str | None,
-    Header(alias="Last-Event-ID", max_length=64, description="Resume a stream after this event"),
+    Header(
+        alias="Last-Event-ID",
+        description="Resume a stream after this event (404 when it names no event)",
+    ),
 ]
 StreamQuery = Annotated[
     bool, Query(description="Server-sent events, oldest first, until the job has ended")
@@ -81,17 +86,18 @@ async def create_job(
     return job_public(job)
 
 
-@router.get("")
+@router.get("", openapi_extra={"parameters": [METADATA_PARAMETER]})
 async def read_jobs(
     request: Request,
     organization_id: CurrentOrgDep,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
 ) -> ListPage[JobPublic]:
-    """The organization's jobs, newest first."""
+    """The organization's jobs, newest first; `metadata[key]=value` filters them."""
+    metadata = metadata_filter(request)
     async with read_sessions(request)() as session:
         rows, has_more = await session.run_sync(
-            job_service.list_jobs, organization_id, after=after, limit=limit
+            job_service.list_jobs, organization_id, after=after, limit=limit, metadata=metadata
         )
     return ListPage[JobPublic].of([job_public(r) for r in rows], has_more)
 
@@ -126,7 +132,7 @@ def resume_job(
 async def read_job_events(
     request: Request,
     organization_id: CurrentOrgDep,
-    fine_tuning_job_id: Annotated[str, Path()],
+    fine_tuning_job_id: JobIdPath,
     after: AfterQuery = None,
     limit: LimitQuery = 20,
     stream: StreamQuery = False,
@@ -180,7 +186,7 @@ def checkpoints_page(
 async def read_job_checkpoints(
     request: Request,
     organization_id: CurrentOrgDep,
-    fine_tuning_job_id: Annotated[str, Path()],
+    fine_tuning_job_id: JobIdPath,
     after: AfterQuery = None,
     limit: LimitQuery = 10,
 ) -> ListPage[CheckpointPublic]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from app.api.deps import CurrentOrgDep, SessionDep, SettingsDep
 from app.api.routes import ERROR_RESPONSES
-from app.schemas.common import DeletedObject, ListPage
+from app.schemas.common import DeletedObject, ErrorResponse, ListPage
 from app.schemas.models import ModelPublic
 from app.services import models as model_service
 
@@ -23,16 +25,29 @@ def read_models(
 
 
 # Model ids contain slashes ("loraforge/tiny-random-llama"), hence the path converter.
+ModelPath = Annotated[
+    str,
+    Path(
+        max_length=255,
+        description="A catalog model or a fine-tuned one (`ft:...`); may contain slashes",
+        examples=["loraforge/tiny-random-llama"],
+    ),
+]
+
+
 @router.get("/{model:path}")
 def read_model(
-    model: str, session: SessionDep, settings: SettingsDep, organization_id: CurrentOrgDep
+    model: ModelPath, session: SessionDep, settings: SettingsDep, organization_id: CurrentOrgDep
 ) -> ModelPublic:
     return model_service.get_model(session, settings, organization_id, model)
 
 
-@router.delete("/{model:path}")
+@router.delete(
+    "/{model:path}",
+    responses={403: {"model": ErrorResponse, "description": "A base model: not deletable"}},
+)
 def delete_model(
-    model: str, session: SessionDep, settings: SettingsDep, organization_id: CurrentOrgDep
+    model: ModelPath, session: SessionDep, settings: SettingsDep, organization_id: CurrentOrgDep
 ) -> DeletedObject:
     model_service.delete_model(session, settings, organization_id, model)
     return DeletedObject(id=model, object="model", deleted=True)

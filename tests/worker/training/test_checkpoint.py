@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from worker.training.checkpoint import (
     restore_rng_states,
     rng_states,
 )
+from worker.training.loop import TrainState
 
 
 def make_checkpoint(directory: Path, step: int, complete: bool) -> Path:
@@ -56,3 +58,12 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path: Path) -> None:
     restore_rng_states(torch.load(path, weights_only=True))
     again = (torch.rand(3), random.random())
     assert torch.equal(again[0], expected[0]) and again[1] == expected[1]
+
+
+def test_a_state_saved_with_the_former_eval_names_restores_as_valid() -> None:
+    """Checkpoints written before the OpenAI names (eval_* -> valid_*) still resume."""
+    saved = {"global_step": 6, "trained_tokens": 90, "eval_loss": 1.5, "eval_token_accuracy": 0.4}
+    state = TrainState.from_saved(saved)
+    assert (state.global_step, state.trained_tokens) == (6, 90)
+    assert (state.valid_loss, state.valid_mean_token_accuracy) == (1.5, 0.4)
+    assert TrainState.from_saved(asdict(state)) == state

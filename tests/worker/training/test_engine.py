@@ -96,16 +96,20 @@ def test_run_writes_adapter_results_and_provenance(
     assert provenance["libraries"]["torch"] == metadata.version("torch")
     rows = read_results(paths.results_csv)
     assert [int(r["step"]) for r in rows] == list(range(1, 11))
-    assert rows[4]["eval_loss"] and not rows[3]["eval_loss"]
+    assert rows[4]["valid_loss"] and not rows[3]["valid_loss"]
+    # The last step is a checkpoint: the whole validation set, as OpenAI's full_valid_*.
+    assert rows[9]["full_valid_loss"] and not rows[4]["full_valid_loss"]
+    assert all(0 <= float(r["train_mean_token_accuracy"]) <= 1 for r in rows)
     # trained_tokens: the labelled tokens of every step, summed.
     assert result.trained_tokens == seen[-1].trained_tokens > 0
     assert all(m.total_steps == 10 and m.tokens_per_second > 0 for m in seen)
     assert seen[-1].eta_seconds == 0.0 and seen[0].eta_seconds > 0
     assert result.peak_memory_bytes > 50 << 20
-    assert result.eval_loss is not None and result.eval_token_accuracy is not None
+    assert result.full_valid_loss is not None
+    assert result.full_valid_mean_token_accuracy is not None
     # The adapter, loaded by peft on a fresh base, reproduces the trained model's eval loss.
     reproduced = eval_loss_of_adapter(config, paths, paths.adapter_dir)
-    assert reproduced == pytest.approx(result.eval_loss, abs=1e-5)
+    assert reproduced == pytest.approx(result.full_valid_loss, abs=1e-5)
 
 
 def test_should_stop_ends_training_within_one_step_with_a_usable_checkpoint(
@@ -157,7 +161,7 @@ def test_resume_continues_exactly_where_it_stopped(
     assert final_lr(resumed) == final_lr(straight)
     assert resumed.final_loss is not None and straight.final_loss is not None
     assert abs(resumed.final_loss - straight.final_loss) < 1e-4
-    assert resumed.eval_loss == pytest.approx(straight.eval_loss, abs=1e-4)
+    assert resumed.full_valid_loss == pytest.approx(straight.full_valid_loss, abs=1e-4)
     assert resumed.trained_tokens == straight.trained_tokens
     straight_losses = [r["train_loss"] for r in read_results(straight.results_csv)]
     resumed_losses = [r["train_loss"] for r in read_results(resumed.results_csv)]

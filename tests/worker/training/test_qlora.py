@@ -66,9 +66,20 @@ def test_loss_falls_clearly(trained: TrainedRun) -> None:
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
-    final_eval = trained.metrics[-1].eval_loss
+    final_eval = trained.metrics[-1].full_valid_loss
     assert final_eval is not None and final_eval < 0.5 * trained.initial_eval_loss
-    assert trained.metrics[19].eval_loss is not None and trained.metrics[18].eval_loss is None
+    assert trained.metrics[19].valid_loss is not None and trained.metrics[18].valid_loss is None
+
+
+def test_training_token_accuracy_rises_as_the_loss_falls(trained: TrainedRun) -> None:
+    accuracies = [m.train_mean_token_accuracy for m in trained.metrics]
+    assert all(0 <= a <= 1 for a in accuracies)
+    first, last = sum(accuracies[:5]) / 5, sum(accuracies[-5:]) / 5
+    assert last > first + 0.2, (first, last)
+    final = trained.metrics[-1]
+    assert final.full_valid_mean_token_accuracy == final.valid_mean_token_accuracy
+    assert final.full_valid_mean_token_accuracy is not None
+    assert final.full_valid_mean_token_accuracy > 0.5
 
 
 def test_every_lora_tensor_changed_and_the_base_did_not(trained: TrainedRun) -> None:
