@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -198,8 +199,13 @@ async def sweep_periodically(factory: sessionmaker[Session], storage: Storage) -
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
-def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = None) -> FastAPI:
-    """Build the API; `enqueuer` is the seam tests swap for a recording fake."""
+def create_app(
+    settings: Settings | None = None,
+    enqueuer: Enqueuer | None = None,
+    inference_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the API; `enqueuer` is the seam tests swap for a recording fake, and
+    `inference_transport` the way to the inference servers (tests: one in-process)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -210,7 +216,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
             sweep_periodically(app.state.session_factory, app.state.storage)
         )
         # Made on the serving event loop: its connections belong to that loop.
-        client = inference_client(settings)
+        client = inference_client(settings, inference_transport)
         app.state.inference = InferenceBackends(settings, app.state.storage, client)
         yield
         sweeper.cancel()

@@ -127,6 +127,33 @@ def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.
     )
 
 
+def start_inference(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """`loraforge inference` on `port` of 127.0.0.1, once /health answers (the caller stops
+    it with `stop`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "inference", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/health"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"inference exited: {log_path.read_text()[-2000:]}")
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, START_TIMEOUT_S, "the inference server")
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
 @contextmanager
 def serve_process(
     env: dict[str, str], log_path: Path, start_timeout_s: float = START_TIMEOUT_S

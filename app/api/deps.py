@@ -15,13 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from app.api.guards import NO_CONTROL_CHARACTERS
 from app.api.keycache import KeyCache, Principal
 from app.api.ratelimit import RateLimiter
 from app.config import Settings
 from app.db.models import Checkpoint, Export, File, Job
 from app.errors import Unauthenticated
 from app.queue import Enqueuer
+from app.schemas.common import NO_CONTROL_CHARACTERS
 from app.services import events as event_service
 from app.services import exports as export_service
 from app.services import files as file_service

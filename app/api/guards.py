@@ -19,8 +19,6 @@ from app.errors import ApiError, InvalidRequest, NotFound
 
 # C0 controls and DEL, raw or percent-encoded (the path arrives decoded, the query does not).
 CONTROL_CHARACTERS = re.compile(rb"[\x00-\x1f\x7f]")
-# What the schema's free-text query parameters (cursors) declare they match.
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 def refusal(scope: Scope) -> ApiError | None:

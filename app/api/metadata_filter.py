@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Request
 
-from app.api.guards import NO_CONTROL_CHARACTERS
 from app.errors import InvalidRequest
+from app.schemas.common import NO_CONTROL_CHARACTERS
 from app.schemas.jobs import MAX_METADATA_PAIRS, MetadataFilter
 
 METADATA_KEY = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)

@@ -7,6 +7,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 Item = TypeVar("Item")
+# What free-text fields and query parameters (cursors, names) declare they match.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class ListPage(BaseModel, Generic[Item]):

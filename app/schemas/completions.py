@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import NO_CONTROL_CHARACTERS
+
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
 Role = Literal["system", "developer", "user", "assistant"]
@@ -46,7 +48,8 @@ class StreamOptions(StrictRequest):
 class SamplingRequest(StrictRequest):
     """What chat completions and completions share."""
 
-    model: Annotated[str, Field(min_length=1, max_length=512)]
+    # Looked up in the database, which holds no control characters (PostgreSQL refuses NUL).
+    model: Annotated[str, Field(min_length=1, max_length=512, pattern=NO_CONTROL_CHARACTERS)]
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import Job
 from app.main import create_app
-from app.services.inference import InferenceBackends
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, add_checkpoint, chat_dataset, create_tenant
 from tests.worker.inference.adapters import make_adapter
@@ -39,16 +38,14 @@ class Served:
 
 
 def serve_with_inference(settings: Settings, **overrides: Any) -> tuple[TestClient, Any]:
-    """The API, its inference backend pointed at a real inference app in this process."""
+    """The API, its inference backend a real inference app in this process (the caller
+    leaves the client's context)."""
     settings = settings.model_copy(update={"inference_url": "http://inference", **overrides})
-    app = create_app(settings, enqueuer=RecordingEnqueuer())
     inference = create_inference_app(settings)
+    transport = httpx.ASGITransport(app=inference)
+    app = create_app(settings, RecordingEnqueuer(), inference_transport=transport)
     client = TestClient(app)
     client.__enter__()
-    transport = httpx.ASGITransport(app=inference)
-    app.state.inference = InferenceBackends(
-        settings, app.state.storage, httpx.AsyncClient(transport=transport)
-    )
     return client, inference
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ import pytest
 from app.db.models import Job
 from app.db.session import make_engine, make_session_factory
 from tests.e2e.stacks import Stack, embedded_stack, postgres_redis_stack, upload, wait_status
-from tests.live import free_port, loraforge, stop, wait_for
+from tests.live import free_port, loraforge, start_inference, stop, wait_for
 from tests.worker.inference.adapters import make_adapter, reference_chat
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -229,22 +226,3 @@ def test_an_api_proxies_to_the_inference_server_configured_for_the_base(tmp_path
             assert answer(sdk(stack, stack.key), model) == expected
         finally:
             stop(upstream)
-
-
-def start_inference(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`loraforge inference` on `port`, once it answers /health."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "inference", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_for(lambda: _healthy(port), 60, "the inference server")
-    return process
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False

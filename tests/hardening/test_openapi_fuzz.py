@@ -22,10 +22,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -45,7 +47,8 @@ from tests.conftest import RecordingEnqueuer
 from tests.databases import database
 from tests.factories import Tenant, chat_dataset, create_tenant
 from tests.hardening.seed import MODEL, Seeded, seed_organization
-from tests.live import api_server, loraforge
+from tests.live import api_server, free_port, loraforge, start_inference, stop
+from worker.inference.server import create_inference_app
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "schemathesis.toml"
@@ -72,6 +75,9 @@ FUZZ_ENVIRONMENT = {
     "LORAFORGE_MAX_FILES": "0",
     "LORAFORGE_MAX_STORED_BYTES": "0",
     "LORAFORGE_MAX_CONCURRENT_UPLOADS": "0",
+    "LORAFORGE_MAX_CONCURRENT_GENERATIONS": "0",
+    # Chat and completions generate on the tiny model: a token or two each keeps it quick.
+    "LORAFORGE_INFERENCE_MAX_TOKENS": "2",
 }
 
 
@@ -123,8 +129,12 @@ def target(
 ) -> Iterator[FuzzTarget]:
     tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     with database(request.param, tmp) as url:
-        settings_ = fuzz_settings(tmp / "data", url)
-        app = create_app(settings_, enqueuer=RecordingEnqueuer())
+        settings_ = fuzz_settings(tmp / "data", url).model_copy(
+            update={"inference_url": "http://inference"}
+        )
+        # Chat and completions reach a real inference server, in this process.
+        transport = httpx.ASGITransport(app=create_inference_app(settings_))
+        app = create_app(settings_, RecordingEnqueuer(), inference_transport=transport)
         with TestClient(app):  # migrations run in the lifespan
             tenant = create_tenant(app.state.session_factory, "acme")
             config = SchemathesisConfig.from_path(str(CONFIG))
@@ -203,8 +213,16 @@ def test_operation_answers_within_its_documented_schema(
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """`loraforge api` on SQLite with a key and a seeded organization: (URL, key, work dir)."""
     root = tmp_path_factory.mktemp("fuzz-live")
-    env = {**FUZZ_ENVIRONMENT, "LORAFORGE_DATA_DIR": str(root / "data")}
-    with api_server(env, root / "api.log") as base_url:
+    port = free_port()
+    env = {
+        **FUZZ_ENVIRONMENT,
+        "LORAFORGE_DATA_DIR": str(root / "data"),
+        "LORAFORGE_INFERENCE_URL": f"http://127.0.0.1:{port}",
+    }
+    inference = start_inference(env, port, root / "inference.log")
+    with ExitStack() as cleanup:
+        cleanup.callback(stop, inference)
+        base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "fuzz")
         assert created.returncode == 0, created.stderr
         url = f"sqlite:///{root / 'data' / 'loraforge.db'}"

@@ -41,6 +41,7 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (at least one token).
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        outside[0] = False  # a top_p below float32's range rounds to 0 and would cut it too
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -117,7 +117,10 @@ class RelayedStream(StreamingResponse):
             await self.finish()
 
 
-def inference_client(settings: Settings) -> httpx.AsyncClient:
+def inference_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
     """The API's connections to inference servers: long reads (a generation), short connects."""
     timeout = httpx.Timeout(settings.inference_timeout_s, connect=5.0)
-    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=1000))
+    limits = httpx.Limits(max_connections=1000)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)

@@ -17,13 +17,12 @@ from app.api.deps import (
     StorageDep,
     read_engine,
 )
-from app.api.guards import NO_CONTROL_CHARACTERS
 from app.api.object_response import stored_response
 from app.api.presenters import file_page_json, file_public
 from app.api.routes import ERROR_RESPONSES, disk_full_refused
 from app.api.slots import OrganizationSlots
 from app.errors import PayloadTooLarge
-from app.schemas.common import DeletedObject, ListPage
+from app.schemas.common import NO_CONTROL_CHARACTERS, DeletedObject, ListPage
 from app.schemas.files import UPLOAD_PURPOSES, ExpiresAfter, FilePublic
 from app.services import files as file_service
 from app.services.multipart import ENVELOPE_ALLOWANCE, receive_upload
