@@ -27,6 +27,16 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound but never
+    listening, so no other process can start listening on it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 def loraforge(
     env: dict[str, str], *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

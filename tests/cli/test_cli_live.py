@@ -15,7 +15,7 @@ import pytest
 from safetensors import safe_open
 
 from tests.e2e.stacks import JOB_TIMEOUT_S, Stack, embedded_stack, hello_dataset
-from tests.live import loraforge, wait_for
+from tests.live import closed_port, loraforge, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -189,8 +189,10 @@ def test_errors_print_the_server_message(run: Any):
     bad_model = run("jobs", "create", "-m", "gpt-9", "-t", "file-nope")
     assert bad_model.returncode == 1
     assert "error: model 'gpt-9' is not in this server's catalog" in bad_model.stderr
-    bad_key = loraforge(
-        {"LORAFORGE_BASE_URL": "http://127.0.0.1:9", "LORAFORGE_API_KEY": "lf-x"}, "files", "list"
-    )
+    with closed_port() as port:
+        unreachable = f"http://127.0.0.1:{port}"
+        bad_key = loraforge(
+            {"LORAFORGE_BASE_URL": unreachable, "LORAFORGE_API_KEY": "lf-x"}, "files", "list"
+        )
     assert bad_key.returncode == 1
-    assert "error: cannot reach http://127.0.0.1:9" in bad_key.stderr
+    assert f"error: cannot reach {unreachable}" in bad_key.stderr

@@ -16,6 +16,7 @@ from app.cli import cli
 from app.client.http import LoraforgeClient
 from tests.conftest import RecordingEnqueuer, published
 from tests.factories import Tenant, chat_dataset, jsonl
+from tests.live import closed_port
 
 runner = CliRunner()
 
@@ -124,10 +125,11 @@ def test_missing_key_and_unreachable_server_exit_1(tmp_path: Path):
     no_key = runner.invoke(cli, ["jobs", "list"], env={"LORAFORGE_API_KEY": ""})
     assert no_key.exit_code == 1
     assert "no API key" in no_key.stderr
-    unreachable = runner.invoke(
-        cli,
-        ["jobs", "list"],
-        env={"LORAFORGE_API_KEY": "lf-x", "LORAFORGE_BASE_URL": "http://127.0.0.1:9"},
-    )
+    with closed_port() as port:
+        unreachable = runner.invoke(
+            cli,
+            ["jobs", "list"],
+            env={"LORAFORGE_API_KEY": "lf-x", "LORAFORGE_BASE_URL": f"http://127.0.0.1:{port}"},
+        )
     assert unreachable.exit_code == 1
-    assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
+    assert f"cannot reach http://127.0.0.1:{port}" in unreachable.stderr

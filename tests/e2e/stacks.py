@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +16,13 @@ from typing import Any
 
 import httpx
 
-from tests.databases import postgres_database, redis_url
+from tests.databases import (
+    check_redis_databases,
+    forget_queues,
+    postgres_database,
+    redis_url,
+    unique_name,
+)
 from tests.live import api_server, children, loraforge, serve_process, start_worker, stop, wait_for
 
 REDIS_URL = redis_url(1)
@@ -89,17 +94,21 @@ def embedded_stack(root: Path) -> Iterator[Stack]:
 def postgres_redis_stack(
     root: Path, workers: int = 1, broker_url: str = REDIS_URL
 ) -> Iterator[Stack]:
-    suffix = secrets.token_hex(4)
+    if broker_url == REDIS_URL:
+        check_redis_databases()
+    queues = [unique_name("training"), unique_name("exports")]
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
+        # Registered first, so it runs last: once the workers are gone.
+        cleanup.callback(forget_queues, broker_url, queues)
         database_url = cleanup.enter_context(postgres_database())
         env = {
             **FAST_RECOVERY,
             "LORAFORGE_DATA_DIR": str(root / "data"),
             "LORAFORGE_DATABASE_URL": database_url,
             "LORAFORGE_BROKER_URL": broker_url,
-            "LORAFORGE_JOB_QUEUE": f"training-{suffix}",
-            "LORAFORGE_EXPORT_QUEUE": f"exports-{suffix}",
+            "LORAFORGE_JOB_QUEUE": queues[0],
+            "LORAFORGE_EXPORT_QUEUE": queues[1],
         }
         base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "e2e")
