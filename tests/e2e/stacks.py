@@ -94,13 +94,13 @@ def embedded_stack(root: Path) -> Iterator[Stack]:
 def postgres_redis_stack(
     root: Path, workers: int = 1, broker_url: str = REDIS_URL
 ) -> Iterator[Stack]:
-    if broker_url == REDIS_URL:
-        check_redis_databases()
     queues = [unique_name("training"), unique_name("exports")]
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
-        # Registered first, so it runs last: once the workers are gone.
-        cleanup.callback(forget_queues, broker_url, queues)
+        if broker_url == REDIS_URL:  # a test's own Redis server goes with what it holds
+            check_redis_databases()
+            # Registered first, so it runs last: once the workers are gone.
+            cleanup.callback(forget_queues, broker_url, queues)
         database_url = cleanup.enter_context(postgres_database())
         env = {
             **FAST_RECOVERY,
