@@ -196,3 +196,19 @@ def test_errors_print_the_server_message(run: Any):
         )
     assert bad_key.returncode == 1
     assert f"error: cannot reach {unreachable}" in bad_key.stderr
+
+
+def test_the_server_and_key_given_after_the_subcommand_are_the_ones_used(stack: Stack):
+    bare = {"LORAFORGE_BASE_URL": "", "LORAFORGE_API_KEY": ""}
+    listed = loraforge(
+        bare, "files", "list", "--api-key", stack.key, "--base-url", f"{stack.base_url}/v1"
+    )
+    assert listed.returncode == 0, listed.stderr
+    wrong = {"LORAFORGE_BASE_URL": stack.base_url, "LORAFORGE_API_KEY": "lf-wrong"}
+    refused = loraforge(wrong, "jobs", "list")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ")
+    # After the subcommand wins over before it, which wins over the environment.
+    assert ok(loraforge(wrong, "jobs", "--api-key", "lf-x", "list", "--api-key", stack.key)) == (
+        ok(loraforge({**wrong, "LORAFORGE_API_KEY": stack.key}, "jobs", "list"))
+    )
+    assert loraforge(wrong, "jobs", "--api-key", stack.key, "list").returncode == 0
