@@ -61,25 +61,34 @@ def check_redis_databases() -> None:
             client.close()
 
 
-def forget_queues(url: str, queues: list[str]) -> None:
-    """Delete what kombu keeps in Redis for `queues`: the queues and their bindings, their
-    unacknowledged messages (a killed worker's), and binding deadlines left without a binding."""
+def forget_queues(url: str, names: list[str]) -> None:
+    """Delete what kombu keeps in Redis for the queues and workers `names` name (a queue's
+    name, or a worker's hostname prefix such as `loraforge-123@`): their keys, their members
+    of shared bindings (a worker killed -9 never unbinds its pidbox queue), unacknowledged
+    messages, and binding deadlines left without a binding."""
     import redis
+
+    def ours(value: str | bytes) -> bool:
+        text = value.decode() if isinstance(value, bytes) else value
+        return any(name in text for name in names)
 
     client = redis.Redis.from_url(url)
     try:
-        for queue in queues:
-            for key in client.scan_iter(match=f"*{queue}*"):
+        for key in client.scan_iter(match="*"):
+            if ours(key):
                 client.delete(key)
+            elif key.startswith(b"_kombu.binding.") and client.type(key) == b"set":
+                # members: routing key, pattern and queue, joined by kombu's separator
+                for member in client.smembers(key):
+                    if ours(member):
+                        client.srem(key, member)
         # unacked: delivery tag -> [message, exchange, routing key]; a queue's exchange and
         # routing key are its name (Celery's default for a queue named in send_task).
         for tag, entry in client.hgetall(UNACKED).items():
             _message, exchange, routing_key = json.loads(entry)
-            if exchange in queues or routing_key in queues:
+            if ours(exchange) or ours(routing_key):
                 client.hdel(UNACKED, tag)
                 client.zrem(UNACKED_INDEX, tag)
-        # Binding TTLs of exchanges every worker here shares (celery.pidbox): only the
-        # entries whose binding is gone.
         for member in client.zrange(BINDING_DEADLINES, 0, -1):
             if not client.exists(b"_kombu.binding." + member):
                 client.zrem(BINDING_DEADLINES, member)

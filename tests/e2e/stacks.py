@@ -95,12 +95,16 @@ def postgres_redis_stack(
     root: Path, workers: int = 1, broker_url: str = REDIS_URL
 ) -> Iterator[Stack]:
     queues = [unique_name("training"), unique_name("exports")]
+    started: list[subprocess.Popen[bytes]] = []  # every worker, killed ones too
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
         if broker_url == REDIS_URL:  # a test's own Redis server goes with what it holds
             check_redis_databases()
-            # Registered first, so it runs last: once the workers are gone.
-            cleanup.callback(forget_queues, broker_url, queues)
+            # Registered first, so it runs last: once the workers are gone (each named
+            # loraforge-<pid>@host by worker/main.py).
+            cleanup.callback(
+                lambda: forget_queues(broker_url, queues + [f"loraforge-{w.pid}@" for w in started])
+            )
         database_url = cleanup.enter_context(postgres_database())
         env = {
             **FAST_RECOVERY,
@@ -113,7 +117,7 @@ def postgres_redis_stack(
         base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "e2e")
         assert created.returncode == 0, created.stderr
-        stack = Stack("postgres-redis", base_url, created.stdout.strip(), env, root)
+        stack = Stack("postgres-redis", base_url, created.stdout.strip(), env, root, None, started)
         cleanup.callback(lambda: [stop(w, grace_s=5) for w in stack.workers])
         for _ in range(workers):
             stack.add_worker()
