@@ -50,6 +50,17 @@ def stack(
         yield running
 
 
+@pytest.fixture(autouse=True)
+def no_job_left_training(stack: Stack) -> Iterator[None]:
+    """After each test, cancel what it left unfinished: a test that timed out would leave its
+    job holding the stack's only worker, and every later test would wait behind it."""
+    yield
+    client = stack.client()
+    for job in client.get("/fine_tuning/jobs", params={"limit": 100}).json()["data"]:
+        if job["status"] in ("validating_files", "queued", "running", "paused"):
+            client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
+
+
 def extract(content: bytes, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as archive:
         archive.extractall(into, filter="data")
