@@ -55,7 +55,10 @@ def _source_dir(entry: CatalogEntry) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(entry.hub_id or "", revision=entry.revision))
+        snapshot = snapshot_download(
+            entry.hub_id or "", revision=entry.revision, ignore_patterns=list(NOT_COPIED)
+        )
+        return Path(snapshot)
     except Exception as exc:  # huggingface_hub raises several types for a miss or no network
         where = f"{entry.hub_id}@{entry.revision or 'main'}"
         message = f"cannot get {entry.id} ({where}) from the Hugging Face Hub: {exc}"
