@@ -36,6 +36,17 @@ class CatalogEntry(BaseModel):
             raise ValueError(f"model {self.id}: set exactly one of path or hub_id")
         return self
 
+    @property
+    def base_model_name(self) -> str:
+        """The base as downloads name it: the hub id for a hub model, else the catalog id;
+        never a directory on the server (the revision goes beside it)."""
+        return self.hub_id or self.id
+
+    @property
+    def source(self) -> str:
+        """Where the worker gets the weights: "builtin", "hub" or "path"."""
+        return "builtin" if self.builtin else "hub" if self.hub_id else "path"
+
 
 BUILTIN_MODELS: tuple[CatalogEntry, ...] = (
     CatalogEntry(

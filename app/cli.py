@@ -10,7 +10,7 @@ import typer
 
 from app.client.files_commands import files_cli
 from app.client.jobs_commands import jobs_cli
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 cli = typer.Typer(
     help="loraforge: QLoRA fine-tuning with an OpenAI-compatible API.",
@@ -22,19 +22,41 @@ SHUTDOWN_GRACE_S = 5
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+models_cli = typer.Typer(help="The catalog's base models, on this machine.", no_args_is_help=True)
+cli.add_typer(models_cli, name="models")
 # Clients of a running server, over HTTP (LORAFORGE_BASE_URL, LORAFORGE_API_KEY).
 cli.add_typer(files_cli, name="files")
 cli.add_typer(jobs_cli, name="jobs")
 
 
-def _session_factory():  # type: ignore[no-untyped-def]
-    from app.db.migrate import upgrade_head
+def _session_factory(*, create: bool = True):  # type: ignore[no-untyped-def]
+    """Sessions on the configured database, migrated first. With create=False (commands that
+    only read, or change what exists) an absent database is an error naming where we looked,
+    never a new empty one."""
+    from app.db.migrate import has_schema, upgrade_head
     from app.db.session import make_engine, make_session_factory
 
     settings = get_settings()
     url = settings.resolved_database_url()
+    if not create and not has_schema(url):
+        typer.echo(f"error: no loraforge data found in {_where(settings)}", err=True)
+        typer.echo(
+            "  run this where `loraforge serve` runs, or set LORAFORGE_DATA_DIR "
+            "(or LORAFORGE_DATABASE_URL) to the server's",
+            err=True,
+        )
+        raise typer.Exit(1)
     upgrade_head(url)
     return make_session_factory(make_engine(url))
+
+
+def _where(settings: Settings) -> str:
+    """The database a command looked for, as a user would recognise it (no password)."""
+    from sqlalchemy.engine import make_url
+
+    if settings.database_url:
+        return make_url(settings.database_url).render_as_string(hide_password=True)
+    return f"{settings.data_dir.resolve()} (LORAFORGE_DATA_DIR; no loraforge.db there)"
 
 
 @cli.command()
@@ -135,7 +157,7 @@ def keys_list(
     from app.db.session import session_scope
     from app.services.keys import list_keys
 
-    with session_scope(_session_factory()) as session:
+    with session_scope(_session_factory(create=False)) as session:
         for key, organization in list_keys(session, org):
             typer.echo(
                 json.dumps(
@@ -158,11 +180,46 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key-..
     from app.db.session import session_scope
     from app.services.keys import revoke_key
 
-    with session_scope(_session_factory()) as session:
+    with session_scope(_session_factory(create=False)) as session:
         if not revoke_key(session, key_id):
             typer.echo(f"no key {key_id}", err=True)
             raise typer.Exit(1)
     typer.echo(f"revoked {key_id}", err=True)
+
+
+@models_cli.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A catalog model, e.g. loraforge/tiny-random-llama")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty directory")],
+) -> None:
+    """Write a base model into --out, to load a downloaded adapter on; prints the directory.
+
+    Built-in models are generated here, the same bytes a worker trains on (no server, no key).
+    Hub models come at the catalog's pinned revision (LORAFORGE_MODELS); path models are
+    copied from their directory, where it exists.
+    """
+    catalog = get_settings().catalog()
+    if name not in catalog:
+        typer.echo(
+            f"error: {name!r} is not in this machine's catalog ({', '.join(sorted(catalog))}); "
+            "an adapter's adapter_config.json names its base (the hub id and revision)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    try:
+        from worker.pull import PullError, pull_model
+
+        pull_model(catalog[name], out)
+    except ModuleNotFoundError as exc:
+        typer.echo(
+            f"error: pulling {name} needs {exc.name}: pip install 'loraforge[worker]'", err=True
+        )
+        raise typer.Exit(1) from None
+    except PullError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name} written to {out}", err=True)
+    typer.echo(str(out))
 
 
 @cli.command()

@@ -3,6 +3,9 @@ openai SDK, watch the job, and download the LoRA adapter.
 
     export LORAFORGE_API_KEY=lf-...            # printed by `loraforge serve` on first start
     python examples/openai_quickstart.py [--base-url URL] [--out adapter.tar.gz]
+
+The server is LORAFORGE_BASE_URL (or --base-url), as for the `loraforge` command: its root,
+http://127.0.0.1:8000 by default, or the same with /v1.
 """
 
 from __future__ import annotations
@@ -19,17 +22,23 @@ HERE = Path(__file__).resolve().parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
+def api_url(base_url: str) -> str:
+    """The /v1 URL the openai SDK wants, from a server's root or its /v1 URL."""
+    return base_url.rstrip("/").removesuffix("/v1") + "/v1"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--base-url", default=os.environ.get("LORAFORGE_BASE_URL", "http://127.0.0.1:8000/v1")
+        "--base-url", default=os.environ.get("LORAFORGE_BASE_URL", "http://127.0.0.1:8000")
     )
     parser.add_argument("--dataset", type=Path, default=HERE / "animal-sounds.jsonl")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("adapter.tar.gz"))
     args = parser.parse_args()
     key = os.environ["LORAFORGE_API_KEY"]
-    client = OpenAI(base_url=args.base_url, api_key=key)
+    base_url = api_url(args.base_url)
+    client = OpenAI(base_url=base_url, api_key=key)
 
     with args.dataset.open("rb") as dataset:
         training_file = client.files.create(file=dataset, purpose="fine-tune")
@@ -54,7 +63,7 @@ def main() -> None:
     # The adapter download is a loraforge extension, so plain HTTP rather than the SDK.
     with httpx.stream(
         "GET",
-        f"{args.base_url}/fine_tuning/jobs/{job.id}/adapter",
+        f"{base_url}/fine_tuning/jobs/{job.id}/adapter",
         headers={"Authorization": f"Bearer {key}"},
         timeout=60,
     ) as response:

@@ -17,6 +17,7 @@ from typing import TypeVar
 import httpx
 
 START_TIMEOUT_S = 60
+REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
@@ -27,6 +28,16 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound but never
+    listening, so no other process can start listening on it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 def loraforge(
     env: dict[str, str], *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -34,6 +45,23 @@ def loraforge(
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def loraforge_in(
+    cwd: Path, *args: str, timeout: float = 300, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`loraforge` run from `cwd` as a newcomer would: no LORAFORGE_* setting but `settings`
+    (this checkout's code all the same)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFORGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env={**env, **settings},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,16 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich import filesize
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 
 from app.client.http import LoraforgeClient
 from app.client.output import (
     ApiKeyOption,
     BaseUrlOption,
     all_pages,
+    client_command,
     client_of,
     connect,
-    handles_errors,
     note,
     print_json,
     print_json_lines,
@@ -33,15 +36,30 @@ def files_main(
     connect(ctx, base_url, api_key)
 
 
-def upload_file(client: LoraforgeClient, path: Path) -> str:
+class AverageSpeedColumn(ProgressColumn):
+    """Bytes sent over the time taken, held once every byte is sent.
+
+    rich's TransferSpeedColumn leaves out the first sample's bytes: an upload read in one
+    chunk, then the empty read that ends it, showed "0 bytes/s" while the server checked it.
+    """
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time or task.elapsed
+        if not elapsed or not task.completed:
+            return Text("?", style="progress.data.speed")
+        speed = filesize.decimal(int(task.completed / elapsed))
+        return Text(f"{speed}/s", style="progress.data.speed")
+
+
+def upload_file(client: LoraforgeClient, path: Path, console: Console = stderr) -> str:
     """Upload with a progress bar on a terminal; the file id. Problems raise ClientError."""
     with Progress(
         TextColumn(f"uploading {path.name}"),
         BarColumn(),
         DownloadColumn(),
-        TransferSpeedColumn(),
-        console=stderr,
-        disable=not stderr.is_terminal,
+        AverageSpeedColumn(),
+        console=console,
+        disable=not console.is_terminal,
         transient=True,
     ) as progress:
         task = progress.add_task("upload", total=path.stat().st_size)
@@ -54,7 +72,7 @@ def upload_file(client: LoraforgeClient, path: Path) -> str:
 
 
 @files_cli.command("upload")
-@handles_errors
+@client_command
 def upload(
     ctx: typer.Context,
     path: Annotated[
@@ -66,7 +84,7 @@ def upload(
 
 
 @files_cli.command("list")
-@handles_errors
+@client_command
 def list_files(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(help="At most this many, newest first")] = None,
@@ -77,14 +95,14 @@ def list_files(
 
 
 @files_cli.command("get")
-@handles_errors
+@client_command
 def get_file(ctx: typer.Context, file_id: Annotated[str, typer.Argument()]) -> None:
     """One file as JSON."""
     print_json(client_of(ctx).get(f"/files/{file_id}"))
 
 
 @files_cli.command("delete")
-@handles_errors
+@client_command
 def delete_file(ctx: typer.Context, file_id: Annotated[str, typer.Argument()]) -> None:
     """Delete a file."""
     client_of(ctx).delete(f"/files/{file_id}")

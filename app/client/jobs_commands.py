@@ -14,10 +14,10 @@ from app.client.output import (
     ApiKeyOption,
     BaseUrlOption,
     all_pages,
+    client_command,
     client_of,
     connect,
     fail,
-    handles_errors,
     note,
     print_json,
     print_json_lines,
@@ -62,7 +62,7 @@ def _file_id(client: LoraforgeClient, value: str | None) -> str | None:
 
 
 @jobs_cli.command("create")
-@handles_errors
+@client_command
 def create(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="A base model from /v1/models")],
@@ -176,7 +176,7 @@ def _quantization(bits: str | None) -> dict[str, Any]:
 
 
 @jobs_cli.command("list")
-@handles_errors
+@client_command
 def list_jobs(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(help="At most this many, newest first")] = 20,
@@ -186,7 +186,7 @@ def list_jobs(
 
 
 @jobs_cli.command("get")
-@handles_errors
+@client_command
 def get_job(ctx: typer.Context, job_id: JobId) -> None:
     """One job as JSON."""
     print_json(client_of(ctx).get(f"/fine_tuning/jobs/{job_id}"))
@@ -198,7 +198,7 @@ def _act(ctx: typer.Context, job_id: str, action: str) -> dict[str, Any]:
 
 
 @jobs_cli.command("cancel")
-@handles_errors
+@client_command
 def cancel(ctx: typer.Context, job_id: JobId) -> None:
     """Cancel a job: at once when queued or paused, within one step when running."""
     job = _act(ctx, job_id, "cancel")
@@ -207,7 +207,7 @@ def cancel(ctx: typer.Context, job_id: JobId) -> None:
 
 
 @jobs_cli.command("pause")
-@handles_errors
+@client_command
 def pause(ctx: typer.Context, job_id: JobId) -> None:
     """Pause a job (a running one saves a checkpoint first)."""
     job = _act(ctx, job_id, "pause")
@@ -216,14 +216,14 @@ def pause(ctx: typer.Context, job_id: JobId) -> None:
 
 
 @jobs_cli.command("resume")
-@handles_errors
+@client_command
 def resume(ctx: typer.Context, job_id: JobId) -> None:
     """Resume a paused job from its newest checkpoint."""
     say(f"{job_id}: {_act(ctx, job_id, 'resume')['status']}")
 
 
 @jobs_cli.command("watch")
-@handles_errors
+@client_command
 def watch(ctx: typer.Context, job_id: JobId) -> None:
     """Follow a job with a progress bar until it ends; prints the fine-tuned model's name.
     Exits 1 when the job failed or was cancelled."""
@@ -231,7 +231,7 @@ def watch(ctx: typer.Context, job_id: JobId) -> None:
 
 
 @jobs_cli.command("events")
-@handles_errors
+@client_command
 def events(
     ctx: typer.Context,
     job_id: JobId,
@@ -242,14 +242,14 @@ def events(
 
 
 @jobs_cli.command("checkpoints")
-@handles_errors
+@client_command
 def checkpoints(ctx: typer.Context, job_id: JobId) -> None:
     """A job's checkpoints, newest step first, one JSON object per line."""
     print_json_lines(all_pages(client_of(ctx), f"/fine_tuning/jobs/{job_id}/checkpoints", None))
 
 
 @jobs_cli.command("download")
-@handles_errors
+@client_command
 def download(
     ctx: typer.Context,
     job_id: JobId,
@@ -268,7 +268,7 @@ def download(
 
 
 @jobs_cli.command("export")
-@handles_errors
+@client_command
 def export(
     ctx: typer.Context,
     job_id: JobId,

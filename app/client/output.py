@@ -8,9 +8,11 @@ its command. Errors print the server's message on stderr and exit 1.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -23,7 +25,11 @@ R = TypeVar("R")
 
 BaseUrlOption = Annotated[
     str,
-    typer.Option("--base-url", envvar="LORAFORGE_BASE_URL", help="The server (LORAFORGE_BASE_URL)"),
+    typer.Option(
+        "--base-url",
+        envvar="LORAFORGE_BASE_URL",
+        help="The server: its root or its /v1 URL (LORAFORGE_BASE_URL)",
+    ),
 ]
 ApiKeyOption = Annotated[
     str | None,
@@ -35,25 +41,95 @@ ApiKeyOption = Annotated[
     ),
 ]
 
+
+def _late_option(name: str, flag: str, description: str) -> inspect.Parameter:
+    """The same options after a subcommand's name, where people type them. No envvar: the
+    group's option reads it, and one here would override an option given before the name."""
+    option = typer.Option(flag, help=description, show_default=False, rich_help_panel="Connection")
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, option]
+    )
+
+
+_LATE_OPTIONS = (
+    _late_option("base_url", "--base-url", "The server (or LORAFORGE_BASE_URL)"),
+    _late_option("api_key", "--api-key", "An API key (or LORAFORGE_API_KEY)"),
+)
+
 stderr = Console(stderr=True, highlight=False)
 
 
+@dataclass
+class Connection:
+    """Where a client command connects: the options given, and the client once made."""
+
+    base_url: str
+    api_key: str | None
+    client: LoraforgeClient | None = None
+
+
 def connect(ctx: typer.Context, base_url: str, api_key: str | None) -> None:
-    """Group callback: a client for the subcommand (tests may already have put one in obj)."""
-    if isinstance(ctx.obj, LoraforgeClient):
-        return
-    try:
-        client = LoraforgeClient.connect(base_url or DEFAULT_BASE_URL, api_key)
-    except ClientError as exc:
-        fail(exc.message)
-    ctx.obj = client
-    ctx.call_on_close(client.close)
+    """Group callback: remember the options; the client is made when a command needs one, so
+    `--help` works without a key (tests may already have put a client in obj)."""
+    if not isinstance(ctx.obj, LoraforgeClient):
+        ctx.obj = Connection(base_url or DEFAULT_BASE_URL, api_key)
 
 
 def client_of(ctx: typer.Context) -> LoraforgeClient:
-    client = ctx.obj
-    assert isinstance(client, LoraforgeClient)
-    return client
+    """The command's client, connected on first use; exits 1 when there is no key."""
+    if isinstance(ctx.obj, LoraforgeClient):
+        return ctx.obj
+    connection = ctx.obj
+    assert isinstance(connection, Connection)
+    if connection.client is None:
+        try:
+            connection.client = LoraforgeClient.connect(connection.base_url, connection.api_key)
+        except ClientError as exc:
+            fail(exc.message)
+        ctx.call_on_close(connection.client.close)
+    return connection.client
+
+
+def _take_late_options(ctx: typer.Context, base_url: str | None, api_key: str | None) -> None:
+    """Options given after the subcommand win over those before it and the environment."""
+    if isinstance(ctx.obj, Connection):
+        ctx.obj.base_url = base_url or ctx.obj.base_url
+        ctx.obj.api_key = api_key or ctx.obj.api_key
+
+
+def client_command(command: Callable[P, R]) -> Callable[P, R]:
+    """A client subcommand: also takes --base-url and --api-key after its name; a failed
+    request prints the server's message (and a dataset's problems) and exits 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        _take_late_options(
+            cast(typer.Context, kwargs["ctx"]),
+            cast("str | None", kwargs.pop("base_url", None)),
+            cast("str | None", kwargs.pop("api_key", None)),
+        )
+        try:
+            return command(*args, **kwargs)
+        except ClientError as exc:
+            report(exc)
+            raise typer.Exit(1) from None
+        except UnsafeArchive as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            note("interrupted")
+            raise typer.Exit(130) from None
+
+    # Typer reads a command's options from its signature: add the two to the wrapper's.
+    signature = inspect.signature(command, eval_str=True)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *_LATE_OPTIONS]
+    )
+    wrapper.__annotations__ = {
+        **{name: param.annotation for name, param in signature.parameters.items()},
+        **{param.name: param.annotation for param in _LATE_OPTIONS},
+        "return": signature.return_annotation,
+    }
+    return wrapper
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -74,25 +150,6 @@ def report(error: ClientError) -> None:
         note(f"  {where}{field}: {problem['message']} ({problem['code']})")
     if count > len(error.problems):
         note(f"  ... and {count - len(error.problems)} more")
-
-
-def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Print a failed request's message (and a dataset's problems) and exit 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except ClientError as exc:
-            report(exc)
-            raise typer.Exit(1) from None
-        except UnsafeArchive as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            note("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def print_json(value: Any) -> None:

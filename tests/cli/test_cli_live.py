@@ -15,7 +15,7 @@ import pytest
 from safetensors import safe_open
 
 from tests.e2e.stacks import JOB_TIMEOUT_S, Stack, embedded_stack, hello_dataset
-from tests.live import loraforge, wait_for
+from tests.live import closed_port, loraforge, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -189,8 +189,26 @@ def test_errors_print_the_server_message(run: Any):
     bad_model = run("jobs", "create", "-m", "gpt-9", "-t", "file-nope")
     assert bad_model.returncode == 1
     assert "error: model 'gpt-9' is not in this server's catalog" in bad_model.stderr
-    bad_key = loraforge(
-        {"LORAFORGE_BASE_URL": "http://127.0.0.1:9", "LORAFORGE_API_KEY": "lf-x"}, "files", "list"
-    )
+    with closed_port() as port:
+        unreachable = f"http://127.0.0.1:{port}"
+        bad_key = loraforge(
+            {"LORAFORGE_BASE_URL": unreachable, "LORAFORGE_API_KEY": "lf-x"}, "files", "list"
+        )
     assert bad_key.returncode == 1
-    assert "error: cannot reach http://127.0.0.1:9" in bad_key.stderr
+    assert f"error: cannot reach {unreachable}" in bad_key.stderr
+
+
+def test_the_server_and_key_given_after_the_subcommand_are_the_ones_used(stack: Stack):
+    bare = {"LORAFORGE_BASE_URL": "", "LORAFORGE_API_KEY": ""}
+    listed = loraforge(
+        bare, "files", "list", "--api-key", stack.key, "--base-url", f"{stack.base_url}/v1"
+    )
+    assert listed.returncode == 0, listed.stderr
+    wrong = {"LORAFORGE_BASE_URL": stack.base_url, "LORAFORGE_API_KEY": "lf-wrong"}
+    refused = loraforge(wrong, "jobs", "list")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ")
+    # After the subcommand wins over before it, which wins over the environment.
+    assert ok(loraforge(wrong, "jobs", "--api-key", "lf-x", "list", "--api-key", stack.key)) == (
+        ok(loraforge({**wrong, "LORAFORGE_API_KEY": stack.key}, "jobs", "list"))
+    )
+    assert loraforge(wrong, "jobs", "--api-key", stack.key, "list").returncode == 0

@@ -3,19 +3,25 @@ TestClient (an httpx.Client): output formats, exit codes and the requests they m
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
+from app.client.files_commands import files_cli, upload_file
 from app.client.http import LoraforgeClient
+from app.client.jobs_commands import jobs_cli
 from tests.conftest import RecordingEnqueuer, published
 from tests.factories import Tenant, chat_dataset, jsonl
+from tests.live import closed_port
 
 runner = CliRunner()
 
@@ -124,10 +130,64 @@ def test_missing_key_and_unreachable_server_exit_1(tmp_path: Path):
     no_key = runner.invoke(cli, ["jobs", "list"], env={"LORAFORGE_API_KEY": ""})
     assert no_key.exit_code == 1
     assert "no API key" in no_key.stderr
-    unreachable = runner.invoke(
-        cli,
-        ["jobs", "list"],
-        env={"LORAFORGE_API_KEY": "lf-x", "LORAFORGE_BASE_URL": "http://127.0.0.1:9"},
-    )
+    with closed_port() as port:
+        unreachable = runner.invoke(
+            cli,
+            ["jobs", "list"],
+            env={"LORAFORGE_API_KEY": "lf-x", "LORAFORGE_BASE_URL": f"http://127.0.0.1:{port}"},
+        )
     assert unreachable.exit_code == 1
-    assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
+    assert f"cannot reach http://127.0.0.1:{port}" in unreachable.stderr
+
+
+def client_subcommands() -> list[tuple[str, str]]:
+    return [
+        (group, command.name or "")
+        for group, typer_app in (("files", files_cli), ("jobs", jobs_cli))
+        for command in typer_app.registered_commands
+    ]
+
+
+@pytest.mark.parametrize(("group", "command"), client_subcommands())
+def test_every_client_subcommand_prints_help_without_a_key(group: str, command: str):
+    result = runner.invoke(cli, [group, command, "--help"], env={"LORAFORGE_API_KEY": ""})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout and f"{group} {command}" in result.stdout
+    assert "--api-key" in result.stdout and "--base-url" in result.stdout
+    assert "no API key" not in result.output
+
+
+def test_connection_options_are_taken_after_the_subcommand_too():
+    env = {"LORAFORGE_API_KEY": "", "LORAFORGE_BASE_URL": ""}
+    with closed_port() as port:
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"):
+            after = runner.invoke(
+                cli, ["jobs", "list", "--api-key", "lf-x", "--base-url", url], env=env
+            )
+            assert after.exit_code == 1
+            # The key was taken (no "no API key"), and the server root from either form.
+            assert after.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}: ")
+        mixed = runner.invoke(
+            cli,
+            ["files", "--base-url", f"http://127.0.0.1:{port}", "list", "--api-key", "lf-x"],
+            env=env,
+        )
+        assert mixed.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}: ")
+    no_key = runner.invoke(cli, ["jobs", "list", "--base-url", "http://127.0.0.1:1"], env=env)
+    assert no_key.stderr.strip() == "error: no API key: set LORAFORGE_API_KEY or pass --api-key"
+
+
+def test_upload_progress_ends_at_the_average_speed_not_zero(
+    client: TestClient, tenant_a: Tenant, dataset: Path
+):
+    # A terminal's console, recorded: the bar is drawn only on a terminal.
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    file_id = upload_file(
+        LoraforgeClient(cast(httpx.Client, client), tenant_a.key), dataset, console=console
+    )
+    assert file_id.startswith("file-")
+    speeds = re.findall(r"(\d+(?:\.\d+)?) (bytes|kB|MB|GB)/s", screen.getvalue())
+    assert speeds, screen.getvalue()
+    value, _unit = speeds[-1]  # the last frame drawn, once every byte was read
+    assert float(value) > 0, screen.getvalue()

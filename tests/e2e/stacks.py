@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -18,7 +17,13 @@ from typing import Any
 
 import httpx
 
-from tests.databases import postgres_database, redis_url
+from tests.databases import (
+    check_redis_databases,
+    forget_queues,
+    postgres_database,
+    redis_url,
+    unique_name,
+)
 from tests.live import (
     alive,
     api_server,
@@ -117,9 +122,17 @@ def postgres_redis_stack(
     settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """`loraforge api` and `workers` workers on a fresh Postgres database and `broker_url`."""
-    suffix = secrets.token_hex(4)
+    queues = [unique_name("training"), unique_name("exports")]
+    started: list[subprocess.Popen[bytes]] = []  # every worker, killed ones too
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as cleanup:
+        if broker_url == REDIS_URL:  # a test's own Redis server goes with what it holds
+            check_redis_databases()
+            # Registered first, so it runs last: once the workers are gone (each named
+            # loraforge-<pid>@host by worker/main.py).
+            cleanup.callback(
+                lambda: forget_queues(broker_url, queues + [f"loraforge-{w.pid}@" for w in started])
+            )
         database_url = cleanup.enter_context(postgres_database())
         env = {
             **FAST_RECOVERY,
@@ -127,13 +140,13 @@ def postgres_redis_stack(
             "LORAFORGE_DATA_DIR": str(root / "data"),
             "LORAFORGE_DATABASE_URL": database_url,
             "LORAFORGE_BROKER_URL": broker_url,
-            "LORAFORGE_JOB_QUEUE": f"training-{suffix}",
-            "LORAFORGE_EXPORT_QUEUE": f"exports-{suffix}",
+            "LORAFORGE_JOB_QUEUE": queues[0],
+            "LORAFORGE_EXPORT_QUEUE": queues[1],
         }
         base_url = cleanup.enter_context(api_server(env, root / "api.log"))
         created = loraforge(env, "keys", "create", "--org", "e2e")
         assert created.returncode == 0, created.stderr
-        stack = Stack("postgres-redis", base_url, created.stdout.strip(), env, root)
+        stack = Stack("postgres-redis", base_url, created.stdout.strip(), env, root, None, started)
         cleanup.callback(lambda: [stop(w, grace_s=5) for w in stack.workers])
         for _ in range(workers):
             stack.add_worker()

@@ -4,7 +4,6 @@ embedded SQLite broker)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ from app.db.models import Job
 from app.main import create_app
 from app.queue import TASK_RUN_JOB, BrokerUnavailable, CeleryEnqueuer
 from tests.conftest import create_job, upload
-from tests.databases import redis_url
+from tests.databases import check_redis_databases, forget_queues, redis_url, unique_name
 from tests.factories import chat_dataset, create_tenant
+from tests.live import closed_port
 
 REDIS_URL = redis_url(0)
 
@@ -30,16 +30,19 @@ REDIS_URL = redis_url(0)
 @pytest.fixture(params=["redis", "sqlite-broker"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
+        check_redis_databases()
         return REDIS_URL
     return f"sqla+sqlite:///{tmp_path / 'broker.db'}"
 
 
 @pytest.fixture
 def queue_name(broker_url: str) -> Iterator[str]:
-    name = f"test-training-{secrets.token_hex(4)}"
+    name = unique_name("training")
     yield name
     with Connection(broker_url) as connection:
         connection.SimpleQueue(name).queue.delete()
+    if broker_url == REDIS_URL:
+        forget_queues(REDIS_URL, [name])
 
 
 def test_created_job_is_published_by_task_name(tmp_path: Path, broker_url: str, queue_name: str):
@@ -63,10 +66,17 @@ def test_created_job_is_published_by_task_name(tmp_path: Path, broker_url: str, 
     assert kwargs == {}
 
 
-def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path):
+@pytest.fixture
+def unreachable_broker() -> Iterator[str]:
+    """A Redis URL on a port that refuses connections."""
+    with closed_port() as port:
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path, unreachable_broker: str):
     settings = Settings(
         data_dir=tmp_path / "data",
-        broker_url="redis://127.0.0.1:1/0",
+        broker_url=unreachable_broker,
         enqueue_timeout_s=0.5,
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -85,11 +95,11 @@ def test_unreachable_broker_does_not_fail_the_request(tmp_path: Path):
 
 
 def test_after_a_failed_publish_the_next_fail_at_once_until_the_backoff_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreachable_broker: str
 ):
     settings = Settings(
         data_dir=tmp_path / "data",
-        broker_url="redis://127.0.0.1:1/0",
+        broker_url=unreachable_broker,
         enqueue_timeout_s=0.5,
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -112,7 +122,8 @@ def test_after_a_failed_publish_the_next_fail_at_once_until_the_backoff_ends(
 def test_publishes_on_redis_reuse_the_channels_redis_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    name = f"test-training-{secrets.token_hex(4)}"
+    check_redis_databases()
+    name = unique_name("training")
     settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, _env_file=None)  # type: ignore[call-arg]
     enqueuer = CeleryEnqueuer(settings)
     enqueuer.send(TASK_RUN_JOB, ["ftjob-0"], name)  # connects, declares the queue
@@ -138,5 +149,4 @@ def test_publishes_on_redis_reuse_the_channels_redis_client(
         assert sorted(received) == [f"ftjob-{index}" for index in range(6)]
     finally:
         monkeypatch.undo()
-        with Connection(REDIS_URL) as connection:
-            connection.SimpleQueue(name).queue.delete()
+        forget_queues(REDIS_URL, [name])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.databases import unique_name
 from tests.live import START_TIMEOUT_S, free_port, stop
 
 REGION = "us-east-1"
@@ -56,7 +56,7 @@ def s3_client(endpoint: str) -> Any:
 
 def create_bucket(endpoint: str) -> str:
     """A fresh, empty bucket with a random name."""
-    name = f"loraforge-test-{secrets.token_hex(6)}"
+    name = unique_name("bucket")
     s3_client(endpoint).create_bucket(Bucket=name)
     return name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,13 @@ def build_config(
         training=TrainingSpec(**training),
     )
     return TrainingConfig.from_spec(spec, TINY, device="cpu")
+
+
+def hub_cache(cache: Path, repo_id: str, revision: str, model_dir: Path) -> Path:
+    """A Hugging Face cache holding `model_dir` as `repo_id` at commit `revision`, laid out
+    as a download leaves it (snapshots/<commit>/, refs/main); returns the cache."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return cache

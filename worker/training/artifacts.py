@@ -45,11 +45,13 @@ def build_provenance(
     """Everything needed to reproduce the adapter: data hashes, spec, versions, base model."""
     entry = config.model
     return {
+        # The catalog's names only: a tenant downloads this file, and the server's
+        # directories are none of its business.
         "base_model": {
             "id": entry.id,
+            "source": entry.source,
             "hub_id": entry.hub_id,
             "revision": entry.revision,
-            "path": entry.path,
         },
         "training_file_sha256": file_sha256(paths.train_file),
         "validation_file_sha256": (
@@ -69,7 +71,7 @@ def model_card(config: TrainingConfig, summary: dict[str, Any]) -> str:
     spec = config.spec
     quantization = spec.quantization
     method = "QLoRA" if quantization.bits == 4 else "LoRA"
-    base = config.model.hub_id or config.model.id
+    base = config.model.base_model_name
     return "\n".join(
         [
             "---",
@@ -113,6 +115,17 @@ def discard_adapter_staging(output_dir: Path) -> list[Path]:
     return leftovers
 
 
+def save_peft_adapter(model: PeftModel, directory: Path) -> None:
+    """adapter_config.json and the LoRA weights (safetensors), with no network call.
+
+    peft's default ("auto") compares the vocabulary with the base model's config.json,
+    fetched from the Hugging Face Hub when the base's name (the catalog's) is no local
+    directory: a request per save, on workers that may have no network. The engine never
+    resizes or trains the embeddings, so there is nothing of theirs to save.
+    """
+    model.save_pretrained(str(directory), save_embedding_layers=False)
+
+
 def save_adapter(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -124,7 +137,7 @@ def save_adapter(
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=ADAPTER_STAGING_PREFIX, dir=adapter_dir.parent))
     try:
-        model.save_pretrained(str(staging))
+        save_peft_adapter(model, staging)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(card)
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2))

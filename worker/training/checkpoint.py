@@ -1,11 +1,11 @@
 """Checkpoints a run can resume from exactly: checkpoints/step-{N}/ with a COMPLETE marker.
 
-A checkpoint holds the adapter (PEFT format, so it is also a downloadable model), the
-optimizer, scheduler and grad-scaler states, every RNG state, and trainer_state.json with the
-step (which fixes the data position, see batching.py). It is written into a temporary
-directory and renamed into place; a directory without COMPLETE is ignored, so a crash while
-writing never leaves a checkpoint that looks usable, and the next run removes what it left.
-Only our own files are torch.load-ed, and with weights_only=True.
+A checkpoint holds the adapter (PEFT format with the tokenizer, so it is also a downloadable
+model), the optimizer, scheduler and grad-scaler states, every RNG state, and
+trainer_state.json with the step (which fixes the data position, see batching.py). It is
+written into a temporary directory and renamed into place; a directory without COMPLETE is
+ignored, so a crash while writing never leaves a checkpoint that looks usable, and the next
+run removes what it left. Only our own files are torch.load-ed, and with weights_only=True.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerBase
+
+from worker.training.artifacts import save_peft_adapter
 
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -94,12 +97,19 @@ def save_checkpoint(
     model: PeftModel,
     training_objects: dict[str, Any],
     state: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
-    """Write checkpoints/step-{step}/ atomically; `training_objects` have state_dict()."""
+    """Write checkpoints/step-{step}/ atomically; `training_objects` have state_dict().
+
+    The tokenizer (with its chat template) goes into adapter/ beside the weights, so a
+    checkpoint's download is as usable as the final adapter.
+    """
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{step}-", dir=checkpoints_dir))
     try:
-        model.save_pretrained(str(staging / ADAPTER_DIR))
+        save_peft_adapter(model, staging / ADAPTER_DIR)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging / ADAPTER_DIR)
         for name, obj in training_objects.items():
             torch.save(obj.state_dict(), staging / f"{name}.pt")
         torch.save(rng_states(), staging / "rng.pt")

@@ -86,7 +86,14 @@ def run_training(
     set_seed(config.seed)
     loaded = load_model(config, paths.models_dir)
     train_data, eval_data = load_data(config, paths, loaded.tokenizer)
-    run = build_run(config, loaded.model, loaded.tokenizer.pad_token_id, train_data, eval_data)
+    run = build_run(
+        config,
+        loaded.model,
+        loaded.tokenizer.pad_token_id,
+        train_data,
+        eval_data,
+        tokenizer=loaded.tokenizer,
+    )
     resume_from = latest_complete_checkpoint(paths.checkpoints_dir) if resume else None
     if resume_from is not None:
         restore_run(run, resume_from, paths)
@@ -161,6 +168,7 @@ def build_run(
     pad_id: int,
     train_data: TokenizedDataset,
     eval_data: TokenizedDataset | None,
+    tokenizer: Any = None,
 ) -> TrainingRun:
     """Batch plan, optimizer, scheduler and scaler around the model."""
     training = config.training
@@ -189,6 +197,7 @@ def build_run(
         pad_id=pad_id,
         total_steps=total_steps,
         total_micro_batches=total_micro_batches,
+        tokenizer=tokenizer,
     )
 
 
@@ -320,7 +329,12 @@ def save_step_checkpoint(
         "total_steps": run.total_steps,
     }
     path = save_checkpoint(
-        paths.checkpoints_dir, run.state.global_step, run.model, run.training_objects(), state
+        paths.checkpoints_dir,
+        run.state.global_step,
+        run.model,
+        run.training_objects(),
+        state,
+        tokenizer=run.tokenizer,
     )
     if hooks.on_checkpoint:
         hooks.on_checkpoint(run.state.global_step, path, metrics)

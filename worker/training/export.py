@@ -35,13 +35,17 @@ class ExportResult:
     """Where the merged model is, and how closely it matches base + adapter."""
 
     path: Path
+    base_model: str
+    revision: str | None
     dtype: str
     max_abs_logit_diff: float
     files: list[str]
 
     def metadata(self) -> dict[str, object]:
-        """JSON-ready fields for the export row."""
-        return {**asdict(self), "path": str(self.path)}
+        """export.json: what a tenant downloads, so the catalog's names and no server path."""
+        fields = asdict(self)
+        del fields["path"]
+        return fields
 
 
 @torch.no_grad()
@@ -110,6 +114,8 @@ def export_merged(
         tokenizer.save_pretrained(staging)
         result = ExportResult(
             path=output_dir,
+            base_model=base.base_model_name,
+            revision=base.revision,
             dtype=dtype,
             max_abs_logit_diff=difference,
             files=sorted(p.name for p in staging.iterdir()),

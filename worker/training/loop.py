@@ -11,6 +11,7 @@ import torch
 from peft import PeftModel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from transformers import PreTrainedTokenizerBase
 
 from worker.training.batching import Batch, BatchPlan, collate, split_passes
 from worker.training.config import TrainingConfig
@@ -68,6 +69,8 @@ class TrainingRun:
     # Without max_steps the last step may take fewer micro-batches than the others.
     total_micro_batches: int
     state: TrainState = field(default_factory=TrainState)
+    # Saved with every checkpoint's adapter; None only for runs built without one (benches).
+    tokenizer: PreTrainedTokenizerBase | None = None
 
     def training_objects(self) -> dict[str, Any]:
         """The objects whose state_dict a checkpoint stores, by file name."""

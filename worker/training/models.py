@@ -99,8 +99,12 @@ def load_base_model(
     device: str,
     quantization_config: BitsAndBytesConfig | None = None,
 ) -> PreTrainedModel:
-    """Load safetensors weights only, remote code only when the catalog entry allows it."""
-    return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
+    """Load safetensors weights only, remote code only when the catalog entry allows it.
+
+    The model is named after the catalog entry, not after `model_dir`: peft writes that name
+    into adapter_config.json and the model card, which tenants download.
+    """
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
         model_dir,
         quantization_config=quantization_config,
         dtype=dtype,
@@ -109,6 +113,8 @@ def load_base_model(
         trust_remote_code=entry.trust_remote_code,
         attn_implementation="sdpa",
     )
+    model.name_or_path = model.config.name_or_path = entry.base_model_name
+    return model
 
 
 def check_target_modules(model: torch.nn.Module, target_modules: str | list[str]) -> None:
@@ -167,5 +173,5 @@ def load_model(config: TrainingConfig, models_dir: Path) -> LoadedModel:
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(base)
     check_target_modules(base, config.lora.target_modules)
-    model = get_peft_model(base, build_lora_config(config))
+    model = get_peft_model(base, build_lora_config(config), revision=config.model.revision)
     return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir)  # type: ignore[arg-type]

@@ -50,21 +50,30 @@ def tiny_model_dir(models_dir: Path) -> Path:
 def ensure_tiny_model(models_dir: Path) -> Path:
     """Return the tiny model's directory, generating it first if it is not cached yet."""
     target = tiny_model_dir(models_dir)
-    if (target / "config.json").exists():
-        return target
+    if not (target / "config.json").exists():
+        write_tiny_model(target)
+    return target
+
+
+def write_tiny_model(target: Path) -> None:
+    """Generate the model into `target` (which must not exist yet, or be an empty directory).
+
+    Every machine writes the same bytes (`loraforge models pull` relies on it): seeded
+    weights, a tokenizer trained deterministically on the shipped corpus.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
         build_tokenizer().save_pretrained(staging)
         build_model().save_pretrained(staging)
         try:
-            os.rename(staging, target)  # atomic: a racing process either wins or sees ours
+            # atomic: a racing process either wins or sees ours; an empty target is replaced
+            os.rename(staging, target)
         except OSError:
             if not (target / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def read_corpus() -> list[str]:
