@@ -87,6 +87,10 @@ class ExportNotFound(NotFound):
     code = "export_not_found"
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
 class ArtifactNotFound(NotFound):
     """The row exists but its files do not (removed, or not written yet)."""
 

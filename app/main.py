@@ -22,7 +22,17 @@ from starlette.requests import ClientDisconnect
 from app.api.guards import ControlCharacterGuard
 from app.api.keycache import KeyCache
 from app.api.ratelimit import RateLimiter
-from app.api.routes import completions, estimates, exports, files, health, jobs, models, web
+from app.api.routes import (
+    completions,
+    estimates,
+    exports,
+    files,
+    health,
+    jobs,
+    models,
+    web,
+    webhooks,
+)
 from app.api.routes.completions import inference_client
 from app.api.slots import generation_slots, upload_slots
 from app.config import Settings, get_settings
@@ -223,6 +233,7 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.add_middleware(ControlCharacterGuard)
     for module in (health, files, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
+    app.include_router(webhooks.router)
     return app
 
 

@@ -12,20 +12,31 @@ from sqlalchemy import update
 
 from app.db.base import utcnow
 from app.db.models import Export, Job
+from app.services.webhooks import record_export_event
 from worker.context import WorkerContext
+from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 
 
 def _set_export(context: WorkerContext, export_id: str, from_status: str, **values: object) -> bool:
+    """A compare-and-set of the export's status; a final one records its webhooks with it."""
     with context.session_factory() as session:
         result = session.execute(
             update(Export)
             .where(Export.id == export_id, Export.status == from_status)
             .values(**values)
         )
+        changed = result.rowcount == 1  # type: ignore[attr-defined]
+        deliveries: list[str] = []
+        if changed and isinstance(values.get("status"), str):
+            export = session.get_one(Export, export_id)
+            deliveries = record_export_event(
+                session, export.id, export.job_id, export.organization_id, str(values["status"])
+            )
         session.commit()
-        return result.rowcount == 1  # type: ignore[attr-defined]
+    announce(context.enqueuer, context.settings, deliveries)
+    return changed
 
 
 def run_export(context: WorkerContext, export_id: str) -> str | None:

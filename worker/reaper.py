@@ -25,6 +25,7 @@ from app.queue import Enqueuer
 from app.services.events import add_event
 from app.services.jobs import publish
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_job_event
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -54,6 +55,7 @@ def requeue_expired(session: Session, settings: Settings) -> list[str]:
                 finished_at=now,
             ):
                 add_event(session, job, message, level="error")
+                record_job_event(session, job.id, job.organization_id, "failed")
             session.commit()
             continue
         if compare_and_set(

@@ -21,6 +21,7 @@ from app.services.capacity import estimated_bytes
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name, organization_name
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_job_event
 from worker.context import WorkerContext
 from worker.failures import (
     UserError,
@@ -307,7 +308,9 @@ class JobRunner:
             if not finish(session, self.claim, status, **values):
                 return None
             add_event(session, job, message)
+            deliveries = record_job_event(session, job.id, job.organization_id, status)
             session.commit()
+            self._announce(deliveries)
             return status
 
     def _succeeded(self, job: Job, trained_tokens: int, results_csv: Path) -> str | None:
@@ -329,7 +332,9 @@ class JobRunner:
                 return None
             add_event(session, job, f"New fine-tuned model created: {self.model_name}")
             add_event(session, job, "The job has successfully completed")
+            deliveries = record_job_event(session, job.id, job.organization_id, "succeeded")
             session.commit()
+            self._announce(deliveries)
             return "succeeded"
 
     def _register_results(self, session: Session, job: Job, results_csv: Path) -> File:
@@ -366,8 +371,15 @@ class JobRunner:
             if not finish(session, self.claim, "failed", finished_at=utcnow(), error=error):
                 return None
             add_event(session, job, f"Fine-tuning job failed: {error['message']}", level="error")
+            deliveries = record_job_event(session, job.id, job.organization_id, "failed")
             session.commit()
+            self._announce(deliveries)
             return "failed"
+
+    def _announce(self, delivery_ids: list[str]) -> None:
+        from worker.webhooks import announce
+
+        announce(self.context.enqueuer, self.settings, delivery_ids)
 
     def _resource_error(self, exc: Exception) -> dict[str, Any] | None:
         """Disk or memory this worker ran out of, named for the user and logged for us."""

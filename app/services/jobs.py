@@ -34,6 +34,7 @@ from app.services.model_configs import check_target_modules
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_job_event
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,9 @@ def _change(session: Session, job: Job, action: str, plan: dict[str, dict[str, o
                 f"cannot {action} a job that is {job.status}", param="fine_tuning_job_id"
             )
         if compare_and_set(session, job.id, from_statuses={job.status}, **values):  # type: ignore[arg-type]
+            to_status = values.get("to_status")
+            if isinstance(to_status, str):  # its webhooks, in the change's transaction
+                record_job_event(session, job.id, job.organization_id, to_status)
             session.commit()
             session.refresh(job)
             return job

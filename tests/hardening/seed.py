@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets import DatasetStats
 from app.db.base import new_id, utcnow
-from app.db.models import Export, File, Job
+from app.db.models import Export, File, Job, WebhookEndpoint
 from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec, resolve_spec
 from app.services.events import add_event
 from app.services.files import storage_key
+from app.services.webhook_signing import new_secret
 from tests.artifacts import write_files
 from tests.factories import add_checkpoint, add_export, chat_dataset
 
@@ -43,6 +44,7 @@ class Seeded:
     export_id: str
     queued_export_id: str
     model: str
+    webhook_id: str
 
     @property
     def terminal_job_id(self) -> str:
@@ -62,6 +64,7 @@ class Seeded:
             {"fine_tuning_job_id": self.running_job_id},
             {"model": self.model},
             {"model": MODEL},
+            {"webhook_id": self.webhook_id},
         ]
 
 
@@ -143,6 +146,7 @@ def seed_organization(
             lease_expires_at=now + timedelta(hours=1),
             started_at=now,
         )
+        webhook = seed_webhook(session, organization_id)
         session.commit()
         assert isinstance(export, Export) and done.fine_tuned_model
         return Seeded(
@@ -156,4 +160,19 @@ def seed_organization(
             export_id=export.id,
             queued_export_id=queued_export.id,
             model=done.fine_tuned_model,
+            webhook_id=webhook.id,
         )
+
+
+def seed_webhook(session: Session, organization_id: str) -> WebhookEndpoint:
+    """An endpoint as POST /v1/webhooks makes one (its URL is not called here)."""
+    webhook = WebhookEndpoint(
+        id=new_id("wh"),
+        organization_id=organization_id,
+        url="https://hooks.example.com/loraforge",
+        events=["fine_tuning.job.succeeded"],
+        description="seeded",
+        secret=new_secret(),
+    )
+    session.add(webhook)
+    return webhook
