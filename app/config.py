@@ -248,6 +248,16 @@ class Settings(BaseSettings):
         description="How often each worker looks for webhook deliveries that are due",
     )
 
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description=(
+            "Each worker serves Prometheus metrics on this port (step time, tokens/s, memory, "
+            "job durations, reaper actions, webhook attempts); 0: off"
+        ),
+    )
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'loraforge.db').resolve()}"
 

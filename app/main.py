@@ -29,6 +29,7 @@ from app.api.routes import (
     files,
     health,
     jobs,
+    metrics,
     models,
     web,
     webhooks,
@@ -46,6 +47,7 @@ from app.db.session import (
     make_session_factory,
 )
 from app.errors import ApiError, ServiceBusy
+from app.observability.metrics import ApiMetrics, MetricsMiddleware
 from app.queue import CeleryEnqueuer, Enqueuer
 from app.services.inference import InferenceBackends
 from app.storage import Storage, build_storage
@@ -231,9 +233,12 @@ def create_app(settings: Settings | None = None, enqueuer: Enqueuer | None = Non
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ControlCharacterGuard)
+    app.state.metrics = ApiMetrics(app.state.session_factory)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (health, files, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
     app.include_router(webhooks.router)
+    app.include_router(metrics.router)
     return app
 
 

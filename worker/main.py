@@ -8,6 +8,7 @@ from app.config import Settings
 from worker import context as worker_context
 from worker.celery_app import create_celery
 from worker.context import WorkerContext
+from worker.metrics import serve_metrics
 from worker.reaper import Reaper
 from worker.shutdown import GracefulStop
 from worker.webhooks import WebhookDispatcher
@@ -38,6 +39,8 @@ def run_worker(
         # the queue its own consumer still reads.
         Reaper(context.session_factory, settings, context.enqueuer, context.stopping).start()
     WebhookDispatcher(context.session_factory, settings, context.stopping).start()
+    if settings.worker_metrics_port:
+        serve_metrics(settings.worker_metrics_port)
     app = create_celery(settings)
     app.worker_main(
         [

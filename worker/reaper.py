@@ -26,6 +26,7 @@ from app.services.events import add_event
 from app.services.jobs import publish
 from app.services.transitions import compare_and_set
 from app.services.webhooks import record_job_event
+from worker.metrics import REAPER_ACTIONS
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -133,8 +134,10 @@ def lost_messages(
 def reap_once(factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer) -> None:
     with factory() as session:
         for job_id in requeue_expired(session, settings):
+            REAPER_ACTIONS.labels("requeued").inc()
             log.warning("re-queued job %s after its lease expired", job_id)
         for job_id in republish_unclaimed(session, settings, enqueuer):
+            REAPER_ACTIONS.labels("published").inc()
             log.info("published job %s again", job_id)
 
 

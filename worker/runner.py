@@ -33,6 +33,7 @@ from worker.failures import (
     user_error,
 )
 from worker.lifecycle import Claim, Heartbeat, claim, finish
+from worker.metrics import StepTimer, attempt_timer
 from worker.workspace import JobWorkspace
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class JobRunner:
         self.last_flush = time.monotonic()
         self.model_name = ""
         self.workspace = JobWorkspace(context.storage, job_id)
+        self.step_timer = StepTimer()
+        self.device = "cpu"
 
     def run(self) -> str | None:
         """Claim and train; returns the final status written, or None if not ours."""
@@ -80,7 +83,7 @@ class JobRunner:
             self.settings.lease_seconds,
             self.settings.heartbeat_seconds,
         )
-        with heartbeat:
+        with heartbeat, attempt_timer() as timed:
             self.heartbeat = heartbeat
             try:
                 status = self._train()
@@ -91,6 +94,7 @@ class JobRunner:
             except Exception as exc:
                 status = self._fail_from(exc)
             self.workspace.release()
+            timed.status = status or "lost"
             return status
 
     # -- the story -------------------------------------------------------------------------
@@ -114,6 +118,7 @@ class JobRunner:
             models_dir=self.settings.models_dir,
         )
         resume_from = latest_complete_checkpoint(paths.checkpoints_dir)
+        self.device = config.device
         attempt = self.claim.attempt if self.claim else 0
         self._event(
             f"Fine-tuning job started (attempt {attempt}) on {config.device}"
@@ -220,6 +225,7 @@ class JobRunner:
         return None
 
     def _on_metrics(self, metrics: Any) -> None:
+        self.step_timer.observe(metrics.tokens_per_second, self._peak_memory())
         data = metrics.as_dict()
         message = (
             f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
@@ -375,6 +381,11 @@ class JobRunner:
             session.commit()
             self._announce(deliveries)
             return "failed"
+
+    def _peak_memory(self) -> int:
+        from worker.training.engine import peak_memory_bytes
+
+        return peak_memory_bytes(self.device)
 
     def _announce(self, delivery_ids: list[str]) -> None:
         from worker.webhooks import announce

@@ -25,6 +25,7 @@ from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.queue import TASK_DELIVER_WEBHOOK, Enqueuer, try_send
 from app.services.webhook_signing import signed_headers
 from app.services.webhook_urls import UrlRefused, check_url
+from worker.metrics import WEBHOOK_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def deliver(factory: sessionmaker[Session], settings: Settings, delivery_id: str
     outcome = send(settings, claimed)
     with factory() as session:
         status = record(session, settings, claimed, outcome)
+    WEBHOOK_ATTEMPTS.labels("succeeded" if outcome.succeeded else "failed").inc()
     log.info(
         "webhook %s attempt %d: %s",
         delivery_id,
