@@ -258,6 +258,24 @@ class Settings(BaseSettings):
         ),
     )
 
+    wandb_mode: Literal["disabled", "online", "offline"] = Field(
+        "disabled",
+        description=(
+            'Jobs may log to Weights & Biases (`integrations: [{"type": "wandb"}]`): '
+            "`online` with LORAFORGE_WANDB_API_KEY, `offline` into the data dir's `wandb` "
+            "folder (for `wandb sync`); `disabled`: such jobs are refused"
+        ),
+    )
+    wandb_api_key: SecretStr | None = Field(None, description="The W&B key the workers log with")
+    wandb_base_url: str = Field("", description="A self-hosted W&B server; empty: W&B's cloud")
+    mlflow_tracking_uri: str = Field(
+        "",
+        description=(
+            'The MLflow tracking server jobs may log to (`integrations: [{"type": '
+            '"mlflow"}]`), e.g. `http://mlflow:5000`; empty: such jobs are refused'
+        ),
+    )
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'loraforge.db').resolve()}"
 

@@ -32,11 +32,13 @@ from worker.failures import (
     out_of_memory_error,
     user_error,
 )
+from worker.integrations import Trackers, flatten
 from worker.lifecycle import Claim, Heartbeat, claim, finish
 from worker.metrics import StepTimer, attempt_timer
 from worker.workspace import JobWorkspace
 
 if TYPE_CHECKING:
+    from worker.training.config import TrainingConfig
     from worker.training.metrics import StopReason
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class JobRunner:
         self.model_name = ""
         self.workspace = JobWorkspace(context.storage, job_id)
         self.step_timer = StepTimer()
+        self.trackers = Trackers(lambda message: self._event(message, level="warn"))
         self.device = "cpu"
 
     def run(self) -> str | None:
@@ -94,6 +97,7 @@ class JobRunner:
             except Exception as exc:
                 status = self._fail_from(exc)
             self.workspace.release()
+            self.trackers.finish(status or "lost")
             timed.status = status or "lost"
             return status
 
@@ -125,6 +129,7 @@ class JobRunner:
             if resume_from is None
             else f"Attempt {attempt} resuming from checkpoint {resume_from.name}"
         )
+        self._start_trackers(job, config, attempt)
         hooks = TrainingHooks(
             on_metrics=self._on_metrics,
             on_checkpoint=self._on_checkpoint,
@@ -136,6 +141,7 @@ class JobRunner:
             return self._stopped(result.stop_reason, result.global_step, result.checkpoint_dir)
         self._check_lease()
         workspace.save_final(paths.adapter_dir)
+        self.trackers.log_adapter(paths.adapter_dir)
         return self._succeeded(job, result.trained_tokens, paths.results_csv)
 
     def _load(self) -> tuple[Job, str, str | None, str]:
@@ -227,6 +233,7 @@ class JobRunner:
     def _on_metrics(self, metrics: Any) -> None:
         self.step_timer.observe(metrics.tokens_per_second, self._peak_memory())
         data = metrics.as_dict()
+        self.trackers.log_metrics(metrics.step, data)
         message = (
             f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
         )
@@ -381,6 +388,17 @@ class JobRunner:
             session.commit()
             self._announce(deliveries)
             return "failed"
+
+    def _start_trackers(self, job: Job, config: TrainingConfig, attempt: int) -> None:
+        """The job's W&B and MLflow runs, with the resolved config as their params."""
+        params = {
+            "model": job.model,
+            "device": config.device,
+            "compute_dtype": config.compute_dtype,
+            **flatten(config.spec.model_dump(mode="json")),
+        }
+        tags = {"loraforge.job_id": job.id, "loraforge.attempt": str(attempt)}
+        self.trackers.start(job.integrations, self.settings, params, tags)
 
     def _peak_memory(self) -> int:
         from worker.training.engine import peak_memory_bytes

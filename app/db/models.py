@@ -79,6 +79,8 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", Json)
+    # W&B and MLflow runs the worker logs to (app.schemas.integrations), as requested.
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
     # The resolved app.schemas.spec.ResolvedSpec: every "auto" already filled in.
     spec: Mapped[dict[str, Any]] = mapped_column(Json)
     status: Mapped[str] = mapped_column(String(32))

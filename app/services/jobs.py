@@ -30,6 +30,7 @@ from app.schemas.jobs import JobCreate
 from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
+from app.services.integrations import stored_integrations
 from app.services.model_configs import check_target_modules
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
@@ -133,6 +134,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         suffix=body.suffix,
         seed=spec.seed,
         metadata_=body.metadata,
+        integrations=stored_integrations(settings, body.integrations),
         spec=spec.model_dump(mode="json"),
         status="queued",
         result_files=[],
