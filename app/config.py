@@ -233,6 +233,65 @@ class Settings(BaseSettings):
         ),
     )
 
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Webhook hosts allowed although they resolve to loopback, private, link-local or "
+            'metadata addresses, JSON `["hooks.internal", "10.0.0.0/8"]` (names, addresses or '
+            "networks); every other such URL is refused"
+        ),
+    )
+    webhook_queue: str = Field("webhooks", description="Celery queue for webhook deliveries")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="How long a webhook delivery waits for the receiver's answer"
+    )
+    webhook_retry_base_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "A failed webhook delivery is tried again after this long, then twice as long each "
+            "time (an hour at most)"
+        ),
+    )
+    webhook_retry_window_s: float = Field(
+        86400.0,
+        gt=0,
+        description="A webhook delivery is given up once it has failed for this long",
+    )
+    webhook_poll_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often each worker looks for webhook deliveries that are due",
+    )
+
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description=(
+            "Each worker serves Prometheus metrics on this port (step time, tokens/s, memory, "
+            "job durations, reaper actions, webhook attempts); 0: off"
+        ),
+    )
+
+    wandb_mode: Literal["disabled", "online", "offline"] = Field(
+        "disabled",
+        description=(
+            'Jobs may log to Weights & Biases (`integrations: [{"type": "wandb"}]`): '
+            "`online` with LORAFORGE_WANDB_API_KEY, `offline` into the data dir's `wandb` "
+            "folder (for `wandb sync`); `disabled`: such jobs are refused"
+        ),
+    )
+    wandb_api_key: SecretStr | None = Field(None, description="The W&B key the workers log with")
+    wandb_base_url: str = Field("", description="A self-hosted W&B server; empty: W&B's cloud")
+    mlflow_tracking_uri: str = Field(
+        "",
+        description=(
+            'The MLflow tracking server jobs may log to (`integrations: [{"type": '
+            '"mlflow"}]`), e.g. `http://mlflow:5000`; empty: such jobs are refused'
+        ),
+    )
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'loraforge.db').resolve()}"
 
@@ -271,6 +330,6 @@ def settings_reference() -> str:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = f"./{default}"
-        shown = "empty" if default in ("", None, {}) else f"`{default}`"
+        shown = "empty" if default in ("", None, {}, []) else f"`{default}`"
         rows.append(f"| `LORAFORGE_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows) + "\n"

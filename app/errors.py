@@ -115,6 +115,10 @@ class CursorNotFound(NotFound):
         super().__init__(message, param=param)
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
 class ArtifactNotFound(NotFound):
     """The row exists but its files do not (removed, or not written yet)."""
 

@@ -34,9 +34,11 @@ from app.api.routes import (
     files,
     health,
     jobs,
+    metrics,
     models,
     uploads,
     web,
+    webhooks,
 )
 from app.api.routes.completions import inference_client
 from app.api.slots import generation_slots, upload_slots
@@ -51,6 +53,7 @@ from app.db.session import (
     make_session_factory,
 )
 from app.errors import ApiError, ServiceBusy
+from app.observability.metrics import ApiMetrics, MetricsMiddleware
 from app.queue import CeleryEnqueuer, Enqueuer
 from app.services.housekeeping import sweep
 from app.services.inference import InferenceBackends
@@ -259,8 +262,12 @@ def create_app(
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ControlCharacterGuard)
+    app.state.metrics = ApiMetrics(app.state.session_factory)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (health, files, uploads, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
+    app.include_router(webhooks.router)
+    app.include_router(metrics.router)
     app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
     return app
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 TASK_RUN_JOB = "training.run_job"
 TASK_RUN_EXPORT = "exports.run_export"
+TASK_DELIVER_WEBHOOK = "webhooks.deliver"
 
 
 class Enqueuer(Protocol):

@@ -14,8 +14,10 @@ from typing import Any
 
 from app.db.base import utcnow
 from app.db.models import Export, Job
+from app.services.webhooks import record_export_event
 from worker.context import WorkerContext
 from worker.lifecycle import Claim, Heartbeat, claim, finish
+from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,15 @@ def build_merged(context: WorkerContext, export_id: str, heartbeat: Heartbeat) -
 
 
 def _record(context: WorkerContext, claimed: Claim, status: str, **values: Any) -> str | None:
-    """The outcome, written only while the claim still holds the export."""
+    """The outcome, written only while the claim still holds the export, with the webhook
+    deliveries it owes in the same transaction."""
     with context.session_factory() as session:
         if not finish(session, claimed, status, finished_at=utcnow(), **values):
             return None
+        export = session.get_one(Export, claimed.row_id)
+        deliveries = record_export_event(
+            session, export.id, export.job_id, export.organization_id, status
+        )
         session.commit()
+    announce(context.enqueuer, context.settings, deliveries)
     return status

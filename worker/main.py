@@ -8,14 +8,16 @@ from app.config import Settings
 from worker import context as worker_context
 from worker.celery_app import create_celery
 from worker.context import WorkerContext
+from worker.metrics import serve_metrics
 from worker.reaper import Reaper
 from worker.shutdown import GracefulStop
+from worker.webhooks import WebhookDispatcher
 
 
 def default_queues(settings: Settings) -> list[str]:
-    """Every training queue this deployment routes to, plus exports."""
+    """Every training queue this deployment routes to, plus exports and webhooks."""
     training = list(settings.queue_memory) or [settings.job_queue]
-    return [*training, settings.export_queue]
+    return [*training, settings.export_queue, settings.webhook_queue]
 
 
 def run_worker(
@@ -36,6 +38,9 @@ def run_worker(
         # A stopping worker reaps no more: it would publish the job it just handed back to
         # the queue its own consumer still reads.
         Reaper(context.session_factory, settings, context.enqueuer, context.stopping).start()
+    WebhookDispatcher(context.session_factory, settings, context.stopping).start()
+    if settings.worker_metrics_port:
+        serve_metrics(settings.worker_metrics_port)
     app = create_celery(settings)
     app.worker_main(
         [

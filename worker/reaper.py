@@ -28,6 +28,8 @@ from app.services.events import add_event
 from app.services.exports import publish_export
 from app.services.jobs import publish
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_export_event, record_job_event
+from worker.metrics import REAPER_ACTIONS
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -42,6 +44,7 @@ def requeue_expired(session: Session, settings: Settings) -> list[str]:
         outcome = _release_lost(session, settings, job, lost)
         if outcome == "failed":
             add_event(session, job, gave_up(job, lost), level="error")
+            record_job_event(session, job.id, job.organization_id, "failed")
         elif outcome == "queued":
             add_event(
                 session,
@@ -62,6 +65,8 @@ def requeue_expired_exports(session: Session, settings: Settings) -> list[str]:
     for export in _expired(session, Export):
         lost = export.lost_workers + 1
         outcome = _release_lost(session, settings, export, lost)
+        if outcome == "failed":
+            record_export_event(session, export.id, export.job_id, export.organization_id, "failed")
         session.commit()
         if outcome == "queued":
             requeued.append(export.id)
@@ -186,8 +191,10 @@ def lost_messages(
 def reap_once(factory: sessionmaker[Session], settings: Settings, enqueuer: Enqueuer) -> None:
     with factory() as session:
         for job_id in requeue_expired(session, settings):
+            REAPER_ACTIONS.labels("requeued").inc()
             log.warning("re-queued job %s after its lease expired", job_id)
         for job_id in republish_unclaimed(session, settings, enqueuer):
+            REAPER_ACTIONS.labels("published").inc()
             log.info("published job %s again", job_id)
         for export_id in requeue_expired_exports(session, settings):
             log.warning("re-queued export %s after its lease expired", export_id)

@@ -21,6 +21,7 @@ from app.services.capacity import estimated_bytes
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name, organization_name
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_job_event
 from worker.context import WorkerContext
 from worker.failures import (
     UserError,
@@ -31,10 +32,13 @@ from worker.failures import (
     out_of_memory_error,
     user_error,
 )
+from worker.integrations import Trackers, flatten
 from worker.lifecycle import Claim, Heartbeat, claim, finish
+from worker.metrics import StepTimer, attempt_timer
 from worker.workspace import JobWorkspace
 
 if TYPE_CHECKING:
+    from worker.training.config import TrainingConfig
     from worker.training.metrics import StopReason
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,9 @@ class JobRunner:
         self.last_flush = time.monotonic()
         self.model_name = ""
         self.workspace = JobWorkspace(context.storage, job_id)
+        self.step_timer = StepTimer()
+        self.trackers = Trackers(lambda message: self._event(message, level="warn"))
+        self.device = "cpu"
 
     def run(self) -> str | None:
         """Claim and train; returns the final status written, or None if not ours."""
@@ -79,7 +86,7 @@ class JobRunner:
             self.settings.lease_seconds,
             self.settings.heartbeat_seconds,
         )
-        with heartbeat:
+        with heartbeat, attempt_timer() as timed:
             self.heartbeat = heartbeat
             try:
                 status = self._train()
@@ -90,6 +97,8 @@ class JobRunner:
             except Exception as exc:
                 status = self._fail_from(exc)
             self.workspace.release()
+            self.trackers.finish(status or "lost")
+            timed.status = status or "lost"
             return status
 
     # -- the story -------------------------------------------------------------------------
@@ -113,12 +122,14 @@ class JobRunner:
             models_dir=self.settings.models_dir,
         )
         resume_from = latest_complete_checkpoint(paths.checkpoints_dir)
+        self.device = config.device
         attempt = self.claim.attempt if self.claim else 0
         self._event(
             f"Fine-tuning job started (attempt {attempt}) on {config.device}"
             if resume_from is None
             else f"Attempt {attempt} resuming from checkpoint {resume_from.name}"
         )
+        self._start_trackers(job, config, attempt)
         hooks = TrainingHooks(
             on_metrics=self._on_metrics,
             on_checkpoint=self._on_checkpoint,
@@ -130,6 +141,7 @@ class JobRunner:
             return self._stopped(result.stop_reason, result.global_step, result.checkpoint_dir)
         self._check_lease()
         workspace.save_final(paths.adapter_dir)
+        self.trackers.log_adapter(paths.adapter_dir)
         return self._succeeded(job, result.trained_tokens, paths.results_csv)
 
     def _load(self) -> tuple[Job, str, str | None, str]:
@@ -211,7 +223,9 @@ class JobRunner:
         return None
 
     def _on_metrics(self, metrics: Any) -> None:
+        self.step_timer.observe(metrics.tokens_per_second, self._peak_memory())
         data = metrics.as_dict()
+        self.trackers.log_metrics(metrics.step, data)
         message = (
             f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
         )
@@ -304,7 +318,9 @@ class JobRunner:
             if not finish(session, self.claim, status, **values):
                 return None
             add_event(session, job, message)
+            deliveries = record_job_event(session, job.id, job.organization_id, status)
             session.commit()
+            self._announce(deliveries)
             return status
 
     def _succeeded(self, job: Job, trained_tokens: int, results_csv: Path) -> str | None:
@@ -326,7 +342,9 @@ class JobRunner:
                 return None
             add_event(session, job, f"New fine-tuned model created: {self.model_name}")
             add_event(session, job, "The job has successfully completed")
+            deliveries = record_job_event(session, job.id, job.organization_id, "succeeded")
             session.commit()
+            self._announce(deliveries)
             return "succeeded"
 
     def _register_results(self, session: Session, job: Job, results_csv: Path) -> File:
@@ -363,8 +381,31 @@ class JobRunner:
             if not finish(session, self.claim, "failed", finished_at=utcnow(), error=error):
                 return None
             add_event(session, job, f"Fine-tuning job failed: {error['message']}", level="error")
+            deliveries = record_job_event(session, job.id, job.organization_id, "failed")
             session.commit()
+            self._announce(deliveries)
             return "failed"
+
+    def _start_trackers(self, job: Job, config: TrainingConfig, attempt: int) -> None:
+        """The job's W&B and MLflow runs, with the resolved config as their params."""
+        params = {
+            "model": job.model,
+            "device": config.device,
+            "compute_dtype": config.compute_dtype,
+            **flatten(config.spec.model_dump(mode="json")),
+        }
+        tags = {"loraforge.job_id": job.id, "loraforge.attempt": str(attempt)}
+        self.trackers.start(job.integrations, self.settings, params, tags)
+
+    def _peak_memory(self) -> int:
+        from worker.training.engine import peak_memory_bytes
+
+        return peak_memory_bytes(self.device)
+
+    def _announce(self, delivery_ids: list[str]) -> None:
+        from worker.webhooks import announce
+
+        announce(self.context.enqueuer, self.settings, delivery_ids)
 
     def _resource_error(self, exc: Exception) -> dict[str, Any] | None:
         """Disk or memory this worker ran out of, named for the user and logged for us."""

@@ -21,3 +21,12 @@ def run_export(export_id: str) -> str | None:
     from worker.exports import run_export as run
 
     return run(current_context(), export_id)
+
+
+@shared_task(name="webhooks.deliver", ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str | None:
+    """One attempt of a webhook delivery; a later one is the dispatcher's (worker/webhooks.py)."""
+    from worker.webhooks import deliver
+
+    context = current_context()
+    return deliver(context.session_factory, context.settings, delivery_id)

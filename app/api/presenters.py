@@ -106,6 +106,7 @@ def job_public(job: Job | Row[Any]) -> JobPublic:
         validation_file=job.validation_file_id,
         estimated_finish=unix(job.estimated_finish),
         metadata=job.metadata_,
+        integrations=job.integrations or [],
         suffix=job.suffix,
         lora=spec.lora,
         quantization=spec.quantization,

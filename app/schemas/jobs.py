@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from app.schemas.integrations import Integration
 from app.schemas.spec import (
     WHOLE,
     Hyperparameters,
@@ -49,7 +50,7 @@ class JobCreate(StrictModel):
     method: Method | None = None
     # Deprecated by OpenAI in favour of method.supervised.hyperparameters; still accepted.
     hyperparameters: Hyperparameters | None = None
-    integrations: Annotated[list[Any], Field(max_length=0)] | None = None
+    integrations: Annotated[list[Integration], Field(max_length=4)] | None = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -114,7 +115,7 @@ class JobPublic(BaseModel):
     training_file: str
     validation_file: str | None
     estimated_finish: int | None
-    integrations: list[Any] = Field(default_factory=list)
+    integrations: list[Integration] = Field(default_factory=list)
     metadata: dict[str, str] | None
     suffix: str | None
     # + loraforge

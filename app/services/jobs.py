@@ -42,10 +42,12 @@ from app.schemas.jobs import JobCreate, MetadataFilter
 from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
+from app.services.integrations import stored_integrations
 from app.services.model_configs import check_target_modules
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
+from app.services.webhooks import record_job_event
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         suffix=body.suffix,
         seed=spec.seed,
         metadata_=body.metadata,
+        integrations=stored_integrations(settings, body.integrations),
         spec=spec.model_dump(mode="json"),
         status="queued",
         result_files=[],
@@ -363,6 +366,9 @@ def _change(session: Session, job: Job, action: str, plan: dict[str, dict[str, o
                 f"cannot {action} a job that is {job.status}", param="fine_tuning_job_id"
             )
         if compare_and_set(session, job.id, from_statuses={job.status}, **values):  # type: ignore[arg-type]
+            to_status = values.get("to_status")
+            if isinstance(to_status, str):  # its webhooks, in the change's transaction
+                record_job_event(session, job.id, job.organization_id, to_status)
             session.commit()
             session.refresh(job)
             return job

@@ -19,7 +19,7 @@ from app.db.base import Base
 from app.db.models import Job
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, add_checkpoint, add_export, chat_dataset
-from tests.hardening.seed import MODEL, Seeded, seed_organization
+from tests.hardening.seed import MODEL, Seeded, seed_organization, seed_webhook
 
 # Columns that legitimately change when A is not the caller: none of A's, but B's key use.
 VOLATILE = {("api_key", "last_used_at")}
@@ -53,6 +53,7 @@ def seed_tenant_a(
         job.fine_tuned_model = f"ft:loraforge/tiny-random-llama:acme:secret:{job_id[6:14]}"
         checkpoint = add_checkpoint(session, job, 10, 1.0)
         export = add_export(session, job)
+        webhook = seed_webhook(session, tenant.organization_id)
         session.commit()
         return {
             "file_id": file_id,
@@ -62,6 +63,7 @@ def seed_tenant_a(
             "export_id": export.id,
             "upload_id": pending["id"],
             "part_id": part["id"],
+            "webhook_id": webhook.id,
         }
 
 
@@ -250,7 +252,7 @@ def test_list_cursors_never_page_from_another_tenants_objects(
     """Every list with an `after` cursor, fed A's ids by B: refused, or only B's objects."""
     ids = seed_tenant_a(client, tenant_a, session_factory)
     own = seed_organization(session_factory, settings.data_dir, tenant_b.organization_id)
-    own_ids = {"fine_tuning_job_id": own.succeeded_job_id}
+    own_ids = {"fine_tuning_job_id": own.succeeded_job_id, "webhook_id": own.webhook_id}
     schema = client.app.openapi()  # type: ignore[attr-defined]
     lists = [
         path

@@ -75,12 +75,31 @@ def test_the_stack_has_its_services_and_optional_ones_behind_profiles(stack: dic
         "minio",
         "minio-bucket",
         "vllm",
+        "prometheus",
     }
     for name in ("postgres", "redis", *APP_SERVICES):
         assert "profiles" not in stack[name], name
     assert stack["flower"]["profiles"] == ["flower"]
     assert stack["minio"]["profiles"] == stack["minio-bucket"]["profiles"] == ["s3"]
     assert stack["vllm"]["profiles"] == ["inference"]
+    assert stack["prometheus"]["profiles"] == ["monitoring"]
+
+
+def test_the_monitoring_profile_scrapes_the_api_and_every_worker_s_metrics_port(
+    stack: dict[str, Any], cpu_stack: dict[str, Any]
+):
+    (mount,) = [v for v in stack["prometheus"]["volumes"] if v.endswith("prometheus.yml:ro")]
+    config = yaml.safe_load((REPO / mount.split(":")[0]).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (api_target,) = jobs["loraforge-api"]["static_configs"][0]["targets"]
+    assert api_target == f"api:{stack['api']['ports'][0]['target']}"
+    (workers,) = jobs["loraforge-worker"]["dns_sd_configs"]
+    assert set(workers["names"]) == {"worker", "worker-cpu"}
+    for services, name in ((stack, "worker"), (cpu_stack, "worker-cpu")):
+        environment = services[name]["environment"]
+        port = environment["LORAFORGE_WORKER_METRICS_PORT"]
+        settings = Settings(_env_file=None, worker_metrics_port=port)  # type: ignore[call-arg]
+        assert settings.worker_metrics_port == workers["port"], name
 
 
 def test_the_inference_profile_serves_adapters_from_the_api_s_data_dir(tmp_path: Path):

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets import DatasetStats
 from app.db.base import new_id, utcnow
-from app.db.models import Export, File, Job, Upload, UploadPart
+from app.db.models import Export, File, Job, Upload, UploadPart, WebhookEndpoint
 from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec, resolve_spec
 from app.services.events import add_event
 from app.services.files import storage_key
 from app.services.uploads import UPLOAD_LIFETIME_S, parts_prefix
+from app.services.webhook_signing import new_secret
 from tests.artifacts import write_files
 from tests.factories import add_checkpoint, add_export, chat_dataset
 
@@ -47,6 +48,7 @@ class Seeded:
     upload_id: str  # every part received: completing it with upload_part_ids succeeds
     upload_part_ids: tuple[str, ...]
     partial_upload_id: str  # half of its bytes received: room for more parts
+    webhook_id: str
 
     @property
     def terminal_job_id(self) -> str:
@@ -68,6 +70,7 @@ class Seeded:
             {"model": MODEL},
             {"upload_id": self.upload_id},
             {"upload_id": self.partial_upload_id},
+            {"webhook_id": self.webhook_id},
         ]
 
 
@@ -155,6 +158,7 @@ def seed_organization(
             session, data_dir, organization_id, content, [content[:half], content[half:]]
         )
         partial, _ = _pending_upload(session, data_dir, organization_id, content, [content[:half]])
+        webhook = seed_webhook(session, organization_id)
         session.commit()
         assert isinstance(export, Export) and done.fine_tuned_model
         return Seeded(
@@ -171,6 +175,7 @@ def seed_organization(
             upload_id=upload.id,
             upload_part_ids=part_ids,
             partial_upload_id=partial.id,
+            webhook_id=webhook.id,
         )
 
 
@@ -209,3 +214,17 @@ def _pending_upload(
         write_files(data_dir, {key: data})
         part_ids.append(part_id)
     return upload, tuple(part_ids)
+
+
+def seed_webhook(session: Session, organization_id: str) -> WebhookEndpoint:
+    """An endpoint as POST /v1/webhooks makes one (its URL is not called here)."""
+    webhook = WebhookEndpoint(
+        id=new_id("wh"),
+        organization_id=organization_id,
+        url="https://hooks.example.com/loraforge",
+        events=["fine_tuning.job.succeeded"],
+        description="seeded",
+        secret=new_secret(),
+    )
+    session.add(webhook)
+    return webhook

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import ApiKey, Checkpoint, Export, File
+from app.db.models import ApiKey, Checkpoint, Export, File, WebhookEndpoint
 from tests.conftest import upload
 from tests.factories import Tenant, chat_dataset
 from tests.hardening.seed import LEASE_OWNER, MODEL, Seeded, seed_organization
@@ -35,8 +35,17 @@ def secrets_of(
             if key
         ]
         hashes = list(session.scalars(select(ApiKey.key_hash)))
+        signing_secrets = list(session.scalars(select(WebhookEndpoint.secret)))
     data_dir = [str(settings.data_dir), str(settings.data_dir.resolve())]
-    return [*keys, *hashes, *data_dir, LEASE_OWNER, *(t.key for t in tenants), *SECRET_FIELDS]
+    return [
+        *keys,
+        *hashes,
+        *signing_secrets,
+        *data_dir,
+        LEASE_OWNER,
+        *(t.key for t in tenants),
+        *SECRET_FIELDS,
+    ]
 
 
 def operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:

@@ -33,8 +33,9 @@ SERVER_OWNED = [
     "cancel_requested",
     "details",
 ]
-# Maps of arbitrary keys by design: the client's own labels.
-FREE_FORM = {"metadata"}
+# Maps of arbitrary keys by design: the client's own labels (a job's metadata, the tags of
+# its MLflow run).
+FREE_FORM = {"metadata", "tags"}
 
 
 def json_bodies(client: TestClient) -> dict[str, dict[str, Any]]:
@@ -131,6 +132,7 @@ def valid_bodies(
             "/v1/completions",
             {"model": "loraforge/tiny-random-llama", "prompt": "hi"},
         ),
+        "/v1/webhooks": ("/v1/webhooks", {"url": "https://8.8.8.8/hooks"}),
     }
 
 

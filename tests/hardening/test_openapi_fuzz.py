@@ -165,6 +165,7 @@ def use_seeded_objects(case: Any, seeded: Seeded, data: st.DataObject) -> None:
         "model": MODEL,
         "file": chat_dataset(12),
         "part_ids": list(seeded.upload_part_ids),
+        "url": "https://8.8.8.8/hooks",  # a public address: a webhook needs no DNS
     }
     for name, value in real.items():
         if name in case.body and data.draw(st.booleans(), label=f"real {name}"):
