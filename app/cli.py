@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from app.client.chat_commands import chat, models_list, models_main
 from app.client.files_commands import files_cli
 from app.client.jobs_commands import jobs_cli
 from app.config import Settings, get_settings
@@ -22,8 +23,14 @@ SHUTDOWN_GRACE_S = 5
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
-models_cli = typer.Typer(help="The catalog's base models, on this machine.", no_args_is_help=True)
+models_cli = typer.Typer(
+    help="Models: list what your key can use (server), pull a base (this machine).",
+    no_args_is_help=True,
+    callback=models_main,
+)
 cli.add_typer(models_cli, name="models")
+models_cli.command("list")(models_list)
+cli.command("chat")(chat)
 # Clients of a running server, over HTTP (LORAFORGE_BASE_URL, LORAFORGE_API_KEY).
 cli.add_typer(files_cli, name="files")
 cli.add_typer(jobs_cli, name="jobs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,6 +129,27 @@ class LoraforgeClient:
                         on_chunk(len(chunk), total)
         except httpx.TransportError as exc:
             raise ClientError(f"download of {path} failed: {exc}") from exc
+
+    def chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST /v1/chat/completions with `stream: true`: each chunk, the usage one last."""
+        request = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            with self.http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=request,
+                headers=self.headers,
+                timeout=STREAM_TIMEOUT,
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    raise _failure(response)
+                for frame in parse_frames(response.iter_lines()):
+                    if frame.data == "[DONE]":
+                        return
+                    yield json.loads(frame.data)
+        except httpx.TransportError as exc:
+            raise ClientError(f"the chat stream failed: {exc}") from exc
 
     def events(self, job_id: str) -> Iterator[Frame]:
         """A job's server-sent events, oldest first, through its final `done` frame.

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -226,3 +229,41 @@ def test_an_api_proxies_to_the_inference_server_configured_for_the_base(tmp_path
             assert answer(sdk(stack, stack.key), model) == expected
         finally:
             stop(upstream)
+
+
+def test_loraforge_chat_answers_one_message_and_a_conversation(
+    trained: tuple[Stack, dict[str, Any]],
+):
+    stack, world = trained
+    model = world["jobs"]["hello"]["fine_tuned_model"]
+    env = {"LORAFORGE_BASE_URL": stack.base_url, "LORAFORGE_API_KEY": ""}
+    key = world["keys"]["hello"]
+    one = loraforge(
+        env,
+        "chat",
+        model,
+        "--message",
+        "Say hello number 2",
+        "--temperature",
+        "0",
+        "--api-key",
+        key,
+    )
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.strip() == "Hello 2! Hello 2!"
+    conversation = subprocess.run(
+        [sys.executable, "-m", "app.cli", "chat", model, "--temperature", "0", "--api-key", key],
+        input="Say hello number 1\nSay hello number 3\nexit\n",
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert conversation.returncode == 0, conversation.stderr
+    assert "Hello 1! Hello 1!" in conversation.stdout
+    assert conversation.stderr.count(" tokens]") == 2  # two exchanges, each with its usage
+    listed = loraforge(env, "models", "list", "--api-key", key)
+    assert listed.returncode == 0, listed.stderr
+    assert model in {json.loads(line)["id"] for line in listed.stdout.splitlines()}
+    refused = loraforge(env, "chat", model, "-m", "hi", "--api-key", world["keys"]["bye"])
+    assert refused.returncode == 1 and "does not exist" in refused.stderr
