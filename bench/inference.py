@@ -124,7 +124,10 @@ class Generate:
         from tests.worker.inference.adapters import nf4_base
 
         torch.set_num_threads(THREADS)
+        from worker.training.models import inference_mode
+
         self.model = PeftModel.from_pretrained(nf4_base(models_dir), adapter)
+        inference_mode(self.model)  # the server's bitsandbytes path
         tokenizer = AutoTokenizer.from_pretrained(adapter)
         text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
         self.ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids

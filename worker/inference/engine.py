@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.catalog import CatalogEntry
 from worker.inference.sampling import SamplingParams, TextTracker, new_generator, next_token
+from worker.training.models import inference_mode
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,10 @@ class BaseRunner:
                 self.model.load_adapter(str(path), adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
-            self.model.eval()
+            # peft switches the whole model to eval mode: on a CPU with AVX512-BF16 that lets
+            # bitsandbytes repack its 4-bit weights at their next forward, after which answers
+            # depend on the order requests came in. The training path never repacks.
+            inference_mode(self.model)
             self.adapters[name] = LoadedAdapter(name, path, adapter_tokenizer(path, self.tokenizer))
             log.info("loaded adapter %s on %s", name, self.entry.id)
             return True

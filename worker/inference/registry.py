@@ -144,7 +144,12 @@ def load_runner(entry: CatalogEntry, settings: Settings) -> BaseRunner:
 
     from worker.training.builders import build_quantization_config
     from worker.training.config import default_compute_dtype, detect_device
-    from worker.training.models import load_base_model, load_tokenizer, resolve_model_dir
+    from worker.training.models import (
+        inference_mode,
+        load_base_model,
+        load_tokenizer,
+        resolve_model_dir,
+    )
 
     device = detect_device()
     dtype = getattr(torch, default_compute_dtype(device))
@@ -156,7 +161,7 @@ def load_runner(entry: CatalogEntry, settings: Settings) -> BaseRunner:
         device=device,
         quantization_config=build_quantization_config(QuantizationSpec(), dtype),
     )
-    model.eval()
+    inference_mode(model)
     log.info("loaded %s on %s", entry.id, device)
     tokenizer = load_tokenizer(model_dir, entry)
     return BaseRunner(entry, model, tokenizer, settings.inference_max_adapters)

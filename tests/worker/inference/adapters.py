@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from worker.training.models import inference_mode
 from worker.training.tiny import ensure_tiny_model
 
 
@@ -49,11 +50,14 @@ def reference_chat(
     models_dir: Path, adapter: Path | None, messages: list[dict[str, str]], max_new_tokens: int
 ) -> str:
     """What transformers' generate says greedily for `messages`: on the adapter with peft's
-    PeftModel.from_pretrained, or on the bare base."""
+    PeftModel.from_pretrained, or on the bare base. Its 4-bit layers stay in training mode,
+    as in training and in the inference server: in eval mode, on a CPU with AVX512-BF16,
+    bitsandbytes repacks them at their first forward and answers depend on call order."""
     model = nf4_base(models_dir)
     tokenizer = AutoTokenizer.from_pretrained(adapter or ensure_tiny_model(models_dir))
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
+    inference_mode(model)  # the bitsandbytes path training takes, as the server does
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     output = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)

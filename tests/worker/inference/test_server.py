@@ -175,3 +175,21 @@ def test_the_least_recently_used_idle_adapter_makes_room(
     evicted = client.post("/v1/chat/completions", json={"model": "ft:one", "messages": MESSAGES})
     assert evicted.status_code == 404
     assert load(client, "ft:one", adapters["ft:one"]).status_code == 200  # back, for later tests
+
+
+def test_a_base_answer_before_any_adapter_changes_no_later_answer(
+    data_dir: Path, adapters: dict[str, Path]
+):
+    # On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights at their first forward in
+    # eval mode, and peft wrapping repacked layers changed every later answer (logits moved
+    # by about 0.05): a long greedy answer shows it.
+    story = [{"role": "user", "content": "Write a very long story."}]
+    settings = Settings(data_dir=data_dir, _env_file=None)  # type: ignore[call-arg]
+    with TestClient(create_inference_app(settings)) as fresh:
+        base = chat(fresh, BASE, messages=story, max_tokens=120)
+        assert load(fresh, "ft:one", adapters["ft:one"]).status_code == 200
+        tuned = chat(fresh, "ft:one", messages=story, max_tokens=120)
+    models = data_dir / "models"
+    assert base["choices"][0]["message"]["content"] == reference_chat(models, None, story, 120)
+    expected = reference_chat(models, adapters["ft:one"], story, 120)
+    assert tuned["choices"][0]["message"]["content"] == expected
