@@ -150,13 +150,13 @@ export function render(root, { id }, { announce }) {
   }
 
   async function refreshCheckpoints() {
-    const page = await api(`${path}/checkpoints?limit=100`);
+    const page = await api(`${path}/checkpoints?limit=100`, { signal: controller.signal });
     $("#checkpoints-table tbody").replaceChildren(...page.data.map(checkpointRow));
     $("#checkpoints-empty").hidden = page.data.length > 0;
   }
 
   async function refreshExports() {
-    const page = await api(`${path}/exports?limit=100`);
+    const page = await api(`${path}/exports?limit=100`, { signal: controller.signal });
     const table = $("#exports-table");
     table.tBodies[0].replaceChildren(...page.data.map(exportRow));
     labelCells(table);
@@ -238,11 +238,16 @@ export function render(root, { id }, { announce }) {
       await refreshAll();
       schedulePoll();
     })
-    .catch((error) => showError(`Event stream: ${error.message}`));
+    .catch((error) => {
+      if (!controller.signal.aborted) showError(`Event stream: ${error.message}`);
+    });
 
+  // Leaving the page aborts these loads: their elements are gone, nothing is reported.
   refreshAll()
     .then(schedulePoll)
-    .catch((error) => showError(error.message));
+    .catch((error) => {
+      if (!controller.signal.aborted) showError(error.message);
+    });
 
   return () => {
     controller.abort();
