@@ -17,15 +17,12 @@ import pytest
 from tests.e2e.stacks import Stack
 from tests.live import wait_for
 from tests.web.pages import ask, expect, last_answer, open_playground, sign_in
-from tests.web.trained import BASE, CHECKPOINT_EVERY, Trained
+from tests.web.trained import BASE, CHECKPOINT_EVERY, LONG_PROMPT, Trained
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 QUESTION = "Say hello number 2"
 LEARNED = "Hello 2! Hello 2!"
-# The tiny base model answers this greedily with about 1,700 tokens (seconds on a CPU):
-# long enough to stop it mid-stream.
-LONG_PROMPT = "Write a very long story."
 
 
 @pytest.fixture(scope="module")
@@ -269,4 +266,4 @@ def test_stop_ends_a_stream_shown_as_it_arrives_and_frees_its_generation_slot(
     time.sleep(1)
     assert shown() == stopped_at
     # Its slot is free again long before the answer would have ended.
-    wait_for(lambda: streams_accepted_at_once(stack, 2) == [200, 200], 5, "two free slots")
+    wait_for(lambda: streams_accepted_at_once(stack, 2) == [200, 200], 3, "two free slots")

@@ -19,6 +19,9 @@ CHECKPOINT_EVERY = 6
 # Enough steps on hello_dataset for the tiny model to answer "Hello 2! Hello 2!" to
 # "Say hello number 2", and stop there.
 LEARNED_STEPS = 40
+# The tiny base answers this greedily with 1,764 tokens (seconds on a CPU): long enough to
+# stop it mid-stream.
+LONG_PROMPT = "Write a very long story."
 # Two generations at once per organization: compare mode's two streams fit, a third is 429.
 GENERATION_SETTINGS = {"LORAFORGE_MAX_CONCURRENT_GENERATIONS": "2"}
 
@@ -68,10 +71,26 @@ def train_jobs(stack: Stack) -> Trained:
     export = wait_for(finished, JOB_TIMEOUT_S, "the merged export")
     assert export["status"] == "succeeded", export
     checkpoints = client.get(f"/fine_tuning/jobs/{validated}/checkpoints").json()["data"]
+    learned_model = jobs[plain]["fine_tuned_model"]
+    first_answer(client, learned_model)
     return Trained(
         validated,
         plain,
         export,
-        learned_model=jobs[plain]["fine_tuned_model"],
+        learned_model=learned_model,
         checkpoints={c["step_number"]: c["fine_tuned_model_checkpoint"] for c in checkpoints},
+    )
+
+
+def first_answer(client: httpx.Client, model: str) -> None:
+    """The inference server's first answer, once it is up: a fine-tuned model's, so that its
+    adapter is loaded before the bare base has answered anything. On a CPU with AVX512-BF16,
+    bitsandbytes repacks 4-bit weights on their first forward pass, and peft wrapping them
+    after that changes the base's greedy answers (LONG_PROMPT's among them): in this order
+    the base answers as it does on a server that never loaded an adapter."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    wait_for(
+        lambda: client.post("/chat/completions", json=body).status_code == 200,
+        60,
+        "the inference server's first answer",
     )
