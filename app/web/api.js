@@ -1,5 +1,5 @@
 // Talking to the loraforge API with the signed-in key: JSON calls, uploads with progress,
-// downloads as blobs, and event streams read with fetch().
+// downloads as blobs, job event streams and streamed completions read with fetch().
 
 import { createSseParser } from "./sse.js";
 
@@ -146,4 +146,29 @@ export async function streamEvents(path, { onEvent, signal }) {
     await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
   }
   return null;
+}
+
+// POST a streamed completion (`stream: true` is added) and hand each chunk to onChunk as it
+// arrives. Resolves true when the stream reached `data: [DONE]`, false when the connection
+// ended before it. Aborting `signal` closes the connection, which stops the generation.
+export async function streamCompletion(path, body, { onChunk, signal }) {
+  const response = await fetch(apiUrl(path), {
+    method: "POST",
+    headers: authHeaders({ "Content-Type": "application/json" }),
+    body: JSON.stringify({ ...body, stream: true }),
+    signal,
+  });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let done = false;
+  const parser = createSseParser((frame) => {
+    if (done) return;
+    if (frame.data === "[DONE]") done = true;
+    else onChunk(JSON.parse(frame.data));
+  });
+  for (;;) {
+    const { value, done: ended } = await reader.read();
+    if (ended) return done;
+    parser.feed(value);
+  }
 }

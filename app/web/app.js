@@ -1,5 +1,6 @@
-// The dashboard's shell: sign-in, the hash router (#/jobs, #/jobs/ID, #/new, #/files),
-// navigation state, focus on view change, and the status line screen readers announce.
+// The dashboard's shell: sign-in, the hash router (#/jobs, #/jobs/ID, #/new, #/files,
+// #/playground, #/playground/MODEL), navigation state, focus on view change, and the status
+// line screen readers announce.
 // The status line speaks for the view it was written on: opening another view clears it
 // (a message meant for the next view is passed to navigate()).
 
@@ -8,12 +9,14 @@ import * as filesView from "./files.js";
 import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as newJobView from "./new-job.js";
+import * as playgroundView from "./playground.js";
 
 const VIEWS = {
   files: { module: filesView, template: "view-files", title: "Files" },
   new: { module: newJobView, template: "view-new-job", title: "New job" },
   jobs: { module: jobsView, template: "view-jobs", title: "Jobs" },
   job: { module: jobView, template: "view-job", title: "Job" },
+  playground: { module: playgroundView, template: "view-playground", title: "Playground" },
 };
 
 const main = document.getElementById("main");
@@ -98,6 +101,7 @@ function showSignIn(message) {
 function parseHash() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   if (parts[0] === "jobs" && parts[1]) return { view: "job", params: { id: decodeURIComponent(parts[1]) } };
+  if (parts[0] === "playground") return { view: "playground", params: { model: parts[1] ? decodeURIComponent(parts[1]) : null } };
   if (parts[0] in VIEWS && parts[0] !== "job") return { view: parts[0], params: {} };
   return { view: "jobs", params: {} };
 }

@@ -1,5 +1,6 @@
 // One job: live loss chart and stats from its event stream, events log, checkpoints,
-// exports, and the actions (cancel, pause, resume, downloads, merged export).
+// exports, and the actions (cancel, pause, resume, downloads, merged export, and "Try it":
+// the fine-tuned model or a checkpoint in the Playground).
 
 import { api, downloadFile, streamEvents } from "./api.js";
 import { LossChart } from "./chart.js";
@@ -15,6 +16,7 @@ import {
   labelCells,
   statusBadge,
 } from "./format.js";
+import { playgroundHash } from "./playground.js";
 
 const POLL_MS = 2000;
 const PENDING_EXPORT = new Set(["queued", "running"]);
@@ -62,6 +64,9 @@ export function render(root, { id }, { announce }) {
     buttons.resume.disabled = job.status !== "paused";
     buttons.download.disabled = job.status !== "succeeded";
     buttons.export.disabled = job.status !== "succeeded";
+    const tryIt = $("#job-try");
+    tryIt.hidden = !(job.status === "succeeded" && job.fine_tuned_model);
+    if (!tryIt.hidden) tryIt.href = playgroundHash(job.fine_tuned_model);
     $("#job-model").textContent = job.model;
     $("#job-fine-tuned").textContent = job.fine_tuned_model || "–";
     $("#job-training-file").textContent = job.training_file;
@@ -120,13 +125,15 @@ export function render(root, { id }, { announce }) {
     download.addEventListener("click", () =>
       runDownload(`${path}/checkpoints/${encodeURIComponent(checkpoint.id)}/adapter`, `checkpoint ${checkpoint.step_number}`),
     );
+    const tryIt = el("a", { className: "button secondary small", href: playgroundHash(checkpoint.fine_tuned_model_checkpoint) }, "Try it");
+    tryIt.setAttribute("aria-label", `Try it in the Playground: checkpoint step ${checkpoint.step_number}`);
     return el(
       "tr",
       { dataset: { step: String(checkpoint.step_number) } },
       el("td", { className: "num" }, String(checkpoint.step_number)),
       el("td", { className: "num" }, formatNumber(checkpoint.metrics.train_loss)),
       el("td", { className: "num" }, formatNumber(checkpoint.metrics.valid_loss)),
-      el("td", {}, download),
+      el("td", {}, el("div", { className: "row-actions" }, download, tryIt)),
     );
   }
 
@@ -150,13 +157,13 @@ export function render(root, { id }, { announce }) {
   }
 
   async function refreshCheckpoints() {
-    const page = await api(`${path}/checkpoints?limit=100`);
+    const page = await api(`${path}/checkpoints?limit=100`, { signal: controller.signal });
     $("#checkpoints-table tbody").replaceChildren(...page.data.map(checkpointRow));
     $("#checkpoints-empty").hidden = page.data.length > 0;
   }
 
   async function refreshExports() {
-    const page = await api(`${path}/exports?limit=100`);
+    const page = await api(`${path}/exports?limit=100`, { signal: controller.signal });
     const table = $("#exports-table");
     table.tBodies[0].replaceChildren(...page.data.map(exportRow));
     labelCells(table);
@@ -238,11 +245,16 @@ export function render(root, { id }, { announce }) {
       await refreshAll();
       schedulePoll();
     })
-    .catch((error) => showError(`Event stream: ${error.message}`));
+    .catch((error) => {
+      if (!controller.signal.aborted) showError(`Event stream: ${error.message}`);
+    });
 
+  // Leaving the page aborts these loads: their elements are gone, nothing is reported.
   refreshAll()
     .then(schedulePoll)
-    .catch((error) => showError(error.message));
+    .catch((error) => {
+      if (!controller.signal.aborted) showError(error.message);
+    });
 
   return () => {
     controller.abort();

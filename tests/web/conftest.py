@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.stacks import Stack, embedded_stack
+from tests.web.trained import GENERATION_SETTINGS, Trained, train_jobs
 
 CHROMIUM = Path(os.environ.get("LORAFORGE_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Headless and off the network: no sandbox as root, no GPU, no background or update traffic.
@@ -58,6 +59,14 @@ def artifacts() -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with embedded_stack(tmp_path_factory.mktemp("web")) as running:
         yield running
+
+
+@pytest.fixture(scope="package")
+def trained_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Trained]]:
+    """One `loraforge serve` with jobs the real worker trained, for the modules that only read
+    them (they make it their `stack`): trained once, not once per module."""
+    with embedded_stack(tmp_path_factory.mktemp("trained"), GENERATION_SETTINGS) as running:
+        yield running, train_jobs(running)
 
 
 @pytest.fixture

@@ -1,79 +1,38 @@
 """Every dashboard page in a real headless Chromium against `loraforge serve`, on jobs the
 real worker trained and a merged export it built: what the pages show (export details,
-legend, empty states, the status line, sign-out), that each fits a 400 px wide screen, and
-that axe-core finds no serious or critical accessibility violation on any of them."""
+legend, empty states, the status line, sign-out), that each fits a 400 px wide screen (the
+Playground with two answers in compare mode), and that axe-core finds no serious or
+critical accessibility violation on any of them."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.stacks import JOB_TIMEOUT_S, Stack, hello_dataset, upload, wait_status
-from tests.live import wait_for
-from tests.web.pages import expect, sign_in
+from tests.e2e.stacks import Stack
+from tests.web.pages import ask, expect, last_answer, open_playground, sign_in
+from tests.web.trained import EVAL_EVERY, LEARNED_STEPS, STEPS, Trained
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 NARROW = {"width": 400, "height": 800}
 LAPTOP = {"width": 1366, "height": 900}
-STEPS = 12
-EVAL_EVERY = 4
 # Rendered text smaller than this (CSS px) is hard to read on a phone.
 MIN_LABEL_PX = 11
 
 
-@dataclass(frozen=True)
-class Trained:
-    validated: str  # with a validation file, checkpoints and a succeeded merged export
-    plain: str  # no validation file, no export
-    export: dict[str, Any]
-
-
-def train(client: httpx.Client, training_file: str, **fields: Any) -> str:
-    body = {
-        "model": "loraforge/tiny-random-llama",
-        "training_file": training_file,
-        "suffix": "pages",
-        "seed": 1,
-        **fields,
-    }
-    response = client.post("/fine_tuning/jobs", json=body)
-    assert response.status_code == 200, response.text
-    job_id: str = response.json()["id"]
-    return job_id
+@pytest.fixture(scope="module")
+def stack(trained_stack: tuple[Stack, Trained]) -> Stack:
+    return trained_stack[0]
 
 
 @pytest.fixture(scope="module")
-def trained(stack: Stack) -> Trained:
-    client = stack.client()
-    train_file = upload(client, hello_dataset(24), "hello-train.jsonl")
-    valid_file = upload(client, hello_dataset(12), "hello-valid.jsonl")
-    options = {"learning_rate": 2e-3, "gradient_checkpointing": False, "max_steps": STEPS}
-    validated = train(
-        client,
-        train_file,
-        validation_file=valid_file,
-        training={**options, "eval_every_steps": EVAL_EVERY, "checkpoint_every_steps": 6},
-    )
-    plain = train(client, train_file, training={**options, "max_steps": 4})
-    for job_id in (validated, plain):
-        assert wait_status(client, job_id, "succeeded", "failed")["status"] == "succeeded"
-    path = f"/fine_tuning/jobs/{validated}/exports"
-    created = client.post(path, json={"type": "merged", "dtype": "bfloat16"}).json()
-
-    def finished() -> dict[str, Any] | None:
-        current: dict[str, Any] = client.get(f"{path}/{created['id']}").json()
-        return current if current["status"] in ("succeeded", "failed") else None
-
-    export = wait_for(finished, JOB_TIMEOUT_S, "the merged export")
-    assert export["status"] == "succeeded", export
-    return Trained(validated, plain, export)
+def trained(trained_stack: tuple[Stack, Trained]) -> Trained:
+    return trained_stack[1]
 
 
 def views(trained: Trained) -> dict[str, str]:
@@ -84,11 +43,20 @@ def views(trained: Trained) -> dict[str, str]:
         "files": "#/files",
         "job": f"#/jobs/{trained.validated}",
         "job-without-exports": f"#/jobs/{trained.plain}",
+        "playground": "#/playground",
     }
 
 
 def show(page: Any, fragment: str, trained: Trained) -> None:
-    """Open a view and wait until the data it loads is on it."""
+    """Open a view and wait until the data it loads is on it (the Playground: answers of a
+    fine-tuned model and its base side by side)."""
+    if fragment == "#/playground":
+        open_playground(page)
+        page.get_by_label("Compare two models side by side").check()
+        ask(page, "Say hello number 2")
+        for pane in (0, 1):
+            expect(last_answer(page, pane)).to_have_attribute("data-state", "done")
+        return
     page.goto(f"/ui/{fragment}")
     if fragment == "#/jobs":
         expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
@@ -98,7 +66,7 @@ def show(page: Any, fragment: str, trained: Trained) -> None:
     elif fragment == "#/files":
         expect(page.locator("#files-table tbody")).to_contain_text("hello-valid.jsonl")
     else:
-        steps = STEPS if trained.validated in fragment else 4
+        steps = STEPS if trained.validated in fragment else LEARNED_STEPS
         expect(page.locator("#job-steps")).to_have_text(f"step {steps} of {steps}")
         expect(page.locator("#events-log")).to_contain_text("successfully completed")
         if trained.validated in fragment:
@@ -300,7 +268,7 @@ def assert_legible_chart(page: Any) -> None:
 
 @pytest.mark.parametrize("viewport", [LAPTOP, NARROW], ids=["laptop", "400px"])
 @pytest.mark.parametrize(
-    "name", ["sign-in", "jobs", "new-job", "files", "job", "job-without-exports"]
+    "name", ["sign-in", "jobs", "new-job", "files", "job", "job-without-exports", "playground"]
 )
 def test_every_page_fits_the_screen_with_nothing_hidden_sideways(
     open_page: Callable[..., Any],
