@@ -31,4 +31,4 @@ def test_unknown_integration_types_and_fields_are_refused(
         {"type": "mlflow", "mlflow": {"experiment": "e", "tracking_uri": "http://evil"}},
     ):
         response = create_job(client, tenant_a, training_file, integrations=[integration])
-        assert response.status_code == 422, (integration, response.text)
+        assert response.status_code == 400, (integration, response.text)

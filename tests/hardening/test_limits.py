@@ -202,12 +202,17 @@ PAGE_CAPS = {"/v1/files": MAX_FILES_PAGE}
 
 def test_every_list_caps_its_page_size(client: TestClient, tenant_a: Tenant, training_file: str):
     job_id = create_job(client, tenant_a, training_file).json()["id"]
+    webhook = client.post(
+        "/v1/webhooks", headers=tenant_a.headers, json={"url": "https://8.8.8.8/hooks"}
+    )
+    assert webhook.status_code == 200, webhook.text
     lists = list_operations(client)
     assert len(lists) >= 5
     for path, parameter in lists:
         cap = PAGE_CAPS.get(path, MAX_PAGE_SIZE)
         assert parameter["schema"]["maximum"] == cap, path
         url = path.replace("{fine_tuning_job_id}", job_id)
+        url = url.replace("{webhook_id}", webhook.json()["id"])
         for limit, status in ((cap, 200), (cap + 1, 400), (0, 400)):
             response = client.get(url, params={"limit": limit}, headers=tenant_a.headers)
             assert response.status_code == status, (path, limit, response.text)
