@@ -31,7 +31,7 @@ UI_TIMEOUT_MS = 30_000
 AXE_CORE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.is_file():
         pytest.fail(

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.stacks import Stack
 from tests.web.pages import ask, expect, last_answer, open_playground, sign_in
-from tests.web.trained import EVAL_EVERY, LEARNED_STEPS, STEPS, Trained
+from tests.web.trained import CHECKPOINT_EVERY, EVAL_EVERY, LEARNED_STEPS, STEPS, Trained
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -136,7 +136,9 @@ def test_the_validation_loss_legend_shows_only_for_jobs_with_a_validation_file(
     show(page, f"#/jobs/{trained.validated}", trained)
     legend = page.locator("figure.chart figcaption")
     expect(legend.get_by_text("validation loss")).to_be_visible()
-    expect(page.locator("#loss-chart circle.eval-point")).to_have_count(STEPS // EVAL_EVERY)
+    # A validation pass on evaluation steps and on checkpoint steps (full_valid_*).
+    validated = {s for s in range(1, STEPS + 1) if s % EVAL_EVERY == 0 or s % CHECKPOINT_EVERY == 0}
+    expect(page.locator("#loss-chart circle.eval-point")).to_have_count(len(validated))
     show(page, f"#/jobs/{trained.plain}", trained)
     expect(legend.get_by_text("training loss")).to_be_visible()
     expect(legend.get_by_text("validation loss")).to_be_hidden()
