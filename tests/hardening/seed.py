@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets import DatasetStats
@@ -217,7 +218,17 @@ def _pending_upload(
 
 
 def seed_webhook(session: Session, organization_id: str) -> WebhookEndpoint:
-    """An endpoint as POST /v1/webhooks makes one (its URL is not called here)."""
+    """An endpoint as POST /v1/webhooks makes one (its URL is not called here); the
+    organization's first one when it has any, so that seeding it again and again (once per
+    fuzzed operation) never fills its quota of webhooks."""
+    existing = session.scalar(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.organization_id == organization_id)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        .limit(1)
+    )
+    if existing is not None:
+        return existing
     webhook = WebhookEndpoint(
         id=new_id("wh"),
         organization_id=organization_id,
