@@ -15,6 +15,7 @@ from app.config import Settings
 from app.db.models import Job, JobEvent
 from tests.conftest import create_job
 from tests.factories import Tenant
+from tests.worker.runner_settings import runner_settings  # noqa: F401 (fixture)
 from worker.context import WorkerContext
 from worker.runner import JobRunner
 
@@ -24,20 +25,6 @@ pytestmark = pytest.mark.skipif(
     not (DEV_FULL.exists() and stat.S_ISCHR(DEV_FULL.stat().st_mode)),
     reason="/dev/full is not the ENOSPC device here",
 )
-
-
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    """SQLite in the data dir, whose models/ is the session's generated tiny model."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
-    return Settings(
-        data_dir=data_dir,
-        broker_url="memory://",
-        min_training_examples=10,
-        _env_file=None,  # type: ignore[call-arg]
-    )
 
 
 def test_a_job_whose_worker_disk_is_full_fails_as_insufficient_storage(

@@ -4,9 +4,7 @@ with a message the user can act on, as one whose file was deleted does."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,21 +14,9 @@ from app.db.base import utcnow
 from app.db.models import File
 from tests.conftest import create_job
 from tests.factories import Tenant, chat_dataset
+from tests.worker.runner_settings import runner_settings  # noqa: F401 (fixture)
 from worker.context import WorkerContext
 from worker.runner import JobRunner
-
-
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
-    return Settings(
-        data_dir=data_dir,
-        broker_url="memory://",
-        min_training_examples=10,
-        _env_file=None,  # type: ignore[call-arg]
-    )
 
 
 def test_a_job_whose_training_file_expired_fails_saying_so(

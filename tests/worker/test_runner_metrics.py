@@ -4,14 +4,13 @@ checkpoint names are OpenAI's, and its metrics events use OpenAI's valid_* names
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, chat_dataset
+from tests.worker.runner_settings import runner_settings  # noqa: F401 (fixture)
 from worker.context import WorkerContext
 from worker.runner import JobRunner
 
@@ -25,20 +24,6 @@ CHECKPOINT_METRICS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
-
-
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    """SQLite in the data dir, whose models/ is the session's generated tiny model."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
-    return Settings(
-        data_dir=data_dir,
-        broker_url="memory://",
-        min_training_examples=10,
-        _env_file=None,  # type: ignore[call-arg]
-    )
 
 
 def test_checkpoints_carry_full_validation_and_token_accuracy(
