@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from app.observability.logs import bind
 from worker.context import current_context
 
 
@@ -12,7 +13,8 @@ def run_job(job_id: str) -> str | None:
     """Train one attempt of a job (a duplicate or stale message exits at the claim)."""
     from worker.runner import JobRunner
 
-    return JobRunner(current_context(), job_id).run()
+    with bind(job_id=job_id):  # the runner adds the attempt and the organization
+        return JobRunner(current_context(), job_id).run()
 
 
 @shared_task(name="exports.run_export", ignore_result=True)
@@ -20,7 +22,8 @@ def run_export(export_id: str) -> str | None:
     """Build a merged model for an export."""
     from worker.exports import run_export as run
 
-    return run(current_context(), export_id)
+    with bind(export_id=export_id):  # the export's job and organization are added on claim
+        return run(current_context(), export_id)
 
 
 @shared_task(name="webhooks.deliver", ignore_result=True)
