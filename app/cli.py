@@ -86,8 +86,10 @@ def api(
 
     from app.api.server_options import HTTP_OPTIONS
     from app.db.migrate import upgrade_head
+    from app.observability.logs import configure_logging
 
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     upgrade_head(settings.resolved_database_url())
     uvicorn.run(
         "app.main:create_served_app",

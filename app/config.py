@@ -292,6 +292,18 @@ class Settings(BaseSettings):
         ),
     )
 
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description=(
+            "Logs of `loraforge serve`, `api`, `worker` and `inference` on stdout: `json`, one "
+            "object per line with request_id, organization, job_id and attempt where they apply; "
+            "`text`, lines for people; `auto`: text on a terminal, JSON anywhere else"
+        ),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The least severe log records written"
+    )
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'loraforge.db').resolve()}"
 

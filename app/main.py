@@ -53,7 +53,9 @@ from app.db.session import (
     make_session_factory,
 )
 from app.errors import ApiError, ServiceBusy
+from app.observability.logs import bind, configure_logging
 from app.observability.metrics import ApiMetrics, MetricsMiddleware
+from app.observability.requests import RequestLogMiddleware
 from app.queue import CeleryEnqueuer, Enqueuer
 from app.services.housekeeping import sweep
 from app.services.inference import InferenceBackends
@@ -180,10 +182,17 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
     return Response(status_code=400)
 
 
-async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Runs outside RequestLogMiddleware (Starlette's outermost layer): the request's log
+    # fields come back from its state.
+    fields = getattr(request.state, "log_fields", None) or {}
+    with bind(**fields):
+        log.exception("unhandled error", exc_info=exc)
+    headers = {"X-Request-ID": fields["request_id"]} if "request_id" in fields else None
     return JSONResponse(
-        _envelope(500, "internal server error", param=None, code="internal_error"), status_code=500
+        _envelope(500, "internal server error", param=None, code="internal_error"),
+        status_code=500,
+        headers=headers,
     )
 
 
@@ -264,6 +273,8 @@ def create_app(
     app.add_middleware(ControlCharacterGuard)
     app.state.metrics = ApiMetrics(app.state.session_factory)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost of ours: every other layer's records carry the request's id.
+    app.add_middleware(RequestLogMiddleware)
     for module in (health, files, uploads, jobs, estimates, exports, models, completions, web):
         app.include_router(module.router)
     app.include_router(webhooks.router)
@@ -279,7 +290,10 @@ def create_served_app(settings: Settings | None = None) -> FastAPI:
     of objects) lives as long as the process. Left to the cyclic garbage collector, each full
     collection would walk all of them: a pause of tens of milliseconds under load, enough to
     set the API's p99 latency. Frozen, they are never scanned; what requests allocate still is.
+    Logging is configured here too: `loraforge api --workers N` builds the app in each process.
     """
+    settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
     gc.collect()
     gc.freeze()

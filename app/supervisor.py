@@ -25,6 +25,7 @@ from app.config import Settings
 from app.db.migrate import upgrade_head
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_session_factory, session_scope
+from app.observability.logs import configure_logging
 from app.services.keys import create_key, get_or_create_organization
 
 log = logging.getLogger("loraforge.serve")
@@ -63,6 +64,15 @@ def embedded_worker_memory(settings: Settings) -> int | None:
     except (OSError, subprocess.SubprocessError, ValueError):
         log.warning("could not measure the workers' memory; jobs are not refused by size")
         return None
+
+
+def announce_first_key(key: str, log_format: str) -> None:
+    """The first key, on stdout: two lines for a person, or one log record among the JSON."""
+    told = "First start: created an API key for organization 'default' (shown once):"
+    if log_format == "json":
+        log.warning("%s LORAFORGE_API_KEY=%s", told, key)
+    else:
+        print(f"{told}\nLORAFORGE_API_KEY={key}", flush=True)
 
 
 WORKER_COMMAND = ("worker",)
@@ -156,6 +166,7 @@ def serve(
     from app.api.server_options import HTTP_OPTIONS
     from app.main import create_served_app
 
+    log_format = configure_logging(settings.log_format, settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(1) as probe:  # measured while the migrations run
         worker_memory = probe.submit(embedded_worker_memory, settings)
@@ -163,11 +174,7 @@ def serve(
         key = first_key(settings)
         settings = settings.model_copy(update={"worker_memory_bytes": worker_memory.result()})
     if key is not None:
-        print(
-            f"First start: created an API key for organization 'default' (shown once):\n"
-            f"LORAFORGE_API_KEY={key}",
-            flush=True,
-        )
+        announce_first_key(key, log_format)
     env = {
         **os.environ,
         "LORAFORGE_DATA_DIR": str(settings.data_dir.resolve()),

@@ -4,6 +4,7 @@ bounded in time and stopped by pid."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from typing import TypeVar
 import httpx
 
 START_TIMEOUT_S = 60
+# serve's first key: on a line of its own in text logs, inside a record's message in JSON.
+FIRST_KEY = re.compile(r"LORAFORGE_API_KEY=([A-Za-z0-9_-]+)")
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -201,8 +204,8 @@ def serve_process(
         deadline = time.monotonic() + start_timeout_s
         while not key or not _healthy(base_url):
             text = log_path.read_text(errors="replace")
-            if "LORAFORGE_API_KEY=" in text:
-                key = text.split("LORAFORGE_API_KEY=", 1)[1].split()[0]
+            if found := FIRST_KEY.search(text):
+                key = found.group(1)
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve did not start: {text[-2000:]}")
             time.sleep(0.2)

@@ -14,6 +14,7 @@ from typing import Any
 
 from app.db.base import utcnow
 from app.db.models import Export, Job
+from app.observability.logs import annotate
 from app.services.webhooks import record_export_event
 from worker.context import WorkerContext
 from worker.lifecycle import Claim, Heartbeat, claim, finish
@@ -63,6 +64,7 @@ def build_merged(context: WorkerContext, export_id: str, heartbeat: Heartbeat) -
     with context.session_factory() as session:
         export = session.get_one(Export, export_id)
         job = session.get_one(Job, export.job_id)
+        annotate(job_id=job.id, organization=job.organization_id, attempt=export.attempt)
         base, dtype, output_key = settings.catalog()[job.model], export.dtype, export.storage_key
     output_key = output_key or f"exports/{export_id}"
     output = storage.workspace(output_key)

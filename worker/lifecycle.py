@@ -4,6 +4,7 @@ attempt) writes nothing."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import secrets
@@ -119,7 +120,13 @@ class Heartbeat:
         self.interval_seconds = interval_seconds
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+        # In the caller's context: its records carry the job's (or export's) log fields.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name="lease-heartbeat",
+            daemon=True,
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

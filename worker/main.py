@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from celery import signals
 
 from app.config import Settings
+from app.observability.logs import configure_logging
 from worker import context as worker_context
 from worker.celery_app import create_celery
 from worker.context import WorkerContext
 from worker.metrics import serve_metrics
 from worker.reaper import Reaper
 from worker.shutdown import GracefulStop
+from worker.training.quiet import library_logs_to_root
 from worker.webhooks import WebhookDispatcher
 
 
@@ -20,14 +25,27 @@ def default_queues(settings: Settings) -> list[str]:
     return [*training, settings.export_queue, settings.webhook_queue]
 
 
+def use_our_logging(settings: Settings) -> str:
+    """Configure logging now, and again in place of Celery's own set-up (a receiver of
+    `setup_logging` makes Celery leave the root logger and stdout alone); the format chosen."""
+    chosen = configure_logging(settings.log_format, settings.log_level)
+    library_logs_to_root(progress_bars=chosen == "text")
+
+    def configure(**_kwargs: Any) -> None:
+        configure_logging(settings.log_format, settings.log_level)
+
+    signals.setup_logging.connect(configure, weak=False)
+    return chosen
+
+
 def run_worker(
     settings: Settings,
     queues: list[str] | None = None,
     *,
     reaper: bool = True,
-    loglevel: str = "INFO",
 ) -> None:
     """Block running a worker until it is told to stop."""
+    log_format = use_our_logging(settings)
     context = WorkerContext.from_settings(settings)
     worker_context._context = context
     GracefulStop(context.stopping, settings.stop_grace_s).install()
@@ -42,8 +60,11 @@ def run_worker(
     if settings.worker_metrics_port:
         serve_metrics(settings.worker_metrics_port)
     app = create_celery(settings)
+    # Celery's banner is printed, not logged: on a terminal only, never among JSON lines.
+    quiet = ["--quiet"] if log_format == "json" else []
     app.worker_main(
         [
+            *quiet,
             "worker",
             "--pool",
             "solo",
@@ -55,6 +76,6 @@ def run_worker(
             "--without-mingle",
             "--without-heartbeat",
             "--loglevel",
-            loglevel,
+            settings.log_level,
         ]
     )

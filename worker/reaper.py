@@ -192,14 +192,20 @@ def reap_once(factory: sessionmaker[Session], settings: Settings, enqueuer: Enqu
     with factory() as session:
         for job_id in requeue_expired(session, settings):
             REAPER_ACTIONS.labels("requeued").inc()
-            log.warning("re-queued job %s after its lease expired", job_id)
+            log.warning(
+                "re-queued job %s after its lease expired", job_id, extra={"job_id": job_id}
+            )
         for job_id in republish_unclaimed(session, settings, enqueuer):
             REAPER_ACTIONS.labels("published").inc()
-            log.info("published job %s again", job_id)
+            log.info("published job %s again", job_id, extra={"job_id": job_id})
         for export_id in requeue_expired_exports(session, settings):
-            log.warning("re-queued export %s after its lease expired", export_id)
+            log.warning(
+                "re-queued export %s after its lease expired",
+                export_id,
+                extra={"export_id": export_id},
+            )
         for export_id in republish_unclaimed_exports(session, settings, enqueuer):
-            log.info("published export %s again", export_id)
+            log.info("published export %s again", export_id, extra={"export_id": export_id})
 
 
 class Reaper:

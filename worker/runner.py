@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
 from app.db.models import Checkpoint, File, Job
+from app.observability.logs import annotate
 from app.schemas.spec import ResolvedSpec
 from app.services.capacity import estimated_bytes
 from app.services.events import add_event
@@ -80,6 +81,7 @@ class JobRunner:
             if self.claim is None:
                 log.info("job %s is not queued (duplicate or stale message); skipping", self.job_id)
                 return None
+        annotate(attempt=self.claim.attempt)
         heartbeat = Heartbeat(
             self.context.session_factory,
             self.claim,
@@ -148,6 +150,7 @@ class JobRunner:
         """The job, its training and validation files' storage keys, its organization."""
         with self.context.session_factory() as session:
             job = session.get_one(Job, self.job_id)
+            annotate(organization=job.organization_id)
             files = {
                 f.id: f
                 for f in session.scalars(

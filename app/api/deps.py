@@ -20,6 +20,7 @@ from app.api.ratelimit import RateLimiter
 from app.config import Settings
 from app.db.models import Checkpoint, Export, File, Job
 from app.errors import Unauthenticated
+from app.observability.logs import annotate
 from app.queue import Enqueuer
 from app.schemas.common import NO_CONTROL_CHARACTERS
 from app.services import events as event_service
@@ -131,6 +132,7 @@ class ApiKeyAuth(SecurityBase):
         )
         if principal is None:
             raise Unauthenticated("invalid or revoked API key")
+        annotate(organization=principal.organization_id)  # on the request's log records
         limiter: RateLimiter = request.app.state.rate_limiter
         limiter.take(principal.key_id)
         return principal.organization_id

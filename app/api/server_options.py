@@ -60,4 +60,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
 
 
-HTTP_OPTIONS: dict[str, Any] = {"http": BoundedHttpToolsProtocol}
+# Logging is ours (app/observability/logs.py): uvicorn configures none, and the API writes
+# its own access line per request, with the request's id (app/observability/requests.py).
+HTTP_OPTIONS: dict[str, Any] = {
+    "http": BoundedHttpToolsProtocol,
+    "log_config": None,
+    "access_log": False,
+}

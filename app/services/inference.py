@@ -19,6 +19,7 @@ from sqlalchemy import Connection, select
 from app.config import Settings
 from app.db.models import Checkpoint, Job
 from app.errors import AdapterUnavailable, NotFound, Unavailable
+from app.observability.logs import context_fields
 from app.services.downloads import checkpoint_adapter_prefix
 from app.storage import Storage
 
@@ -134,7 +135,10 @@ class InferenceBackends:
         return f"{response.status_code} {text}" if response.status_code >= 400 else None
 
     async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        request = self.client.build_request("POST", url, json=body, headers=self.headers)
+        # The API request's id goes along, so the inference server's records carry it too.
+        request_id = context_fields().get("request_id")
+        headers = {**self.headers, "X-Request-ID": request_id} if request_id else self.headers
+        request = self.client.build_request("POST", url, json=body, headers=headers)
         try:
             return await self.client.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, the hash router (#/jobs, #/jobs/ID, #/new, #/files,
-// #/playground, #/playground/MODEL), navigation state, focus on view change, and the status
+// #/playground, #/playground/MODEL, #/webhooks), navigation state, focus on view change, and the status
 // line screen readers announce.
 // The status line speaks for the view it was written on: opening another view clears it
 // (a message meant for the next view is passed to navigate()).
@@ -10,6 +10,7 @@ import * as jobView from "./job.js";
 import * as jobsView from "./jobs.js";
 import * as newJobView from "./new-job.js";
 import * as playgroundView from "./playground.js";
+import * as webhooksView from "./webhooks.js";
 
 const VIEWS = {
   files: { module: filesView, template: "view-files", title: "Files" },
@@ -17,6 +18,7 @@ const VIEWS = {
   jobs: { module: jobsView, template: "view-jobs", title: "Jobs" },
   job: { module: jobView, template: "view-job", title: "Job" },
   playground: { module: playgroundView, template: "view-playground", title: "Playground" },
+  webhooks: { module: webhooksView, template: "view-webhooks", title: "Webhooks" },
 };
 
 const main = document.getElementById("main");

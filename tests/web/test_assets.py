@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec
+from app.schemas.webhooks import EVENT_TYPES
 from app.web import WEB_DIR
 from tests.conftest import RecordingEnqueuer
 
@@ -147,3 +148,30 @@ def test_new_job_form_has_every_knob_with_the_schema_default():
             assert shown_default(parser.controls[name]) == default, name
     for name in ("model", "training_file", "validation_file", "suffix", "seed"):
         assert name in parser.controls, name
+
+
+class EventChoices(HTMLParser):
+    """The values of the event checkboxes in the webhooks template, in page order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_template = False
+        self.values: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "template":
+            self.in_template = found.get("id") == "view-webhooks"
+        elif self.in_template and tag == "input" and found.get("name") == "events":
+            assert found.get("type") == "checkbox", found
+            self.values.append(found.get("value") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "template":
+            self.in_template = False
+
+
+def test_webhook_form_offers_exactly_the_events_the_api_accepts():
+    parser = EventChoices()
+    parser.feed((WEB_DIR / "index.html").read_text())
+    assert parser.values == list(EVENT_TYPES)

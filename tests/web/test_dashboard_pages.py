@@ -44,6 +44,7 @@ def views(trained: Trained) -> dict[str, str]:
         "job": f"#/jobs/{trained.validated}",
         "job-without-exports": f"#/jobs/{trained.plain}",
         "playground": "#/playground",
+        "webhooks": "#/webhooks",
     }
 
 
@@ -65,6 +66,8 @@ def show(page: Any, fragment: str, trained: Trained) -> None:
         expect(page.locator("#estimate-total")).to_be_visible()
     elif fragment == "#/files":
         expect(page.locator("#files-table tbody")).to_contain_text("hello-valid.jsonl")
+    elif fragment == "#/webhooks":  # none on this stack (tests/web/test_dashboard_webhooks.py)
+        expect(page.locator("#webhooks-empty")).to_be_visible()
     else:
         steps = STEPS if trained.validated in fragment else LEARNED_STEPS
         expect(page.locator("#job-steps")).to_have_text(f"step {steps} of {steps}")
@@ -270,7 +273,17 @@ def assert_legible_chart(page: Any) -> None:
 
 @pytest.mark.parametrize("viewport", [LAPTOP, NARROW], ids=["laptop", "400px"])
 @pytest.mark.parametrize(
-    "name", ["sign-in", "jobs", "new-job", "files", "job", "job-without-exports", "playground"]
+    "name",
+    [
+        "sign-in",
+        "jobs",
+        "new-job",
+        "files",
+        "job",
+        "job-without-exports",
+        "playground",
+        "webhooks",
+    ],
 )
 def test_every_page_fits_the_screen_with_nothing_hidden_sideways(
     open_page: Callable[..., Any],

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
+from app.observability.logs import configure_logging
+from app.observability.requests import RequestLogMiddleware
 from app.schemas.completions import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -78,6 +80,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     registry = ModelRegistry(settings, build_storage(settings))
     serving = OpenAIServing(registry)
     app = FastAPI(title="loraforge inference", version="0.1.0")
+    app.add_middleware(RequestLogMiddleware)
     app.state.registry = registry
     app.add_exception_handler(InferenceError, _inference_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -131,4 +134,11 @@ def run_inference_server(settings: Settings, host: str, port: int) -> None:
     """Block serving until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_inference_app(settings), host=host, port=port, log_level="info")
+    from worker.training.quiet import library_logs_to_root
+
+    chosen = configure_logging(settings.log_format, settings.log_level)
+    library_logs_to_root(progress_bars=chosen == "text")
+    # Logging is ours: uvicorn configures none, and the middleware writes the access lines.
+    uvicorn.run(
+        create_inference_app(settings), host=host, port=port, log_config=None, access_log=False
+    )

@@ -30,3 +30,17 @@ def quiet_bitsandbytes() -> None:
     logger = logging.getLogger(BNB_CPU_LOGGER)
     if not any(isinstance(f, NoKernelsHubWarning) for f in logger.filters):
         logger.addFilter(NoKernelsHubWarning())
+
+
+def library_logs_to_root(progress_bars: bool) -> None:
+    """transformers' records through the root logger's handler (it installs a stderr handler
+    of its own and stops propagation), and its progress bars (and the hub's) only when asked:
+    drawn with carriage returns, they are no lines of a JSON log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    if progress_bars:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
