@@ -40,11 +40,15 @@ def file_fields(record: File | Row[Any]) -> dict[str, Any]:
         "status_details": None,
         "expires_at": unix(record.expires_at),
         "sha256": record.sha256,
-        "stats": {key: stats.get(key) for key in STATS_FIELDS} if stats else None,
+        "stats": {key: stats.get(key, default) for key, default in STATS_FIELDS} if stats else None,
     }
 
 
-STATS_FIELDS = tuple(DatasetStatsPublic.model_fields)
+# (name, value for a file validated before the field existed)
+STATS_FIELDS = tuple(
+    (name, None if info.is_required() else info.default)
+    for name, info in DatasetStatsPublic.model_fields.items()
+)
 
 
 def file_public(record: File | Row[Any]) -> FilePublic:
