@@ -43,7 +43,7 @@ from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
 from app.services.integrations import stored_integrations
-from app.services.model_configs import check_target_modules
+from app.services.model_configs import check_renders_tools, check_target_modules
 from app.services.pagination import page_by_created
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
@@ -122,8 +122,10 @@ def resolve_request(
     if entry is None:
         raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
+    check_renders_tools(entry, int(training.stats.get("tool_examples", 0)), "training_file")
     if body.validation_file is not None:
-        _tenant_file(session, organization_id, body.validation_file, "validation_file")
+        validation = _tenant_file(session, organization_id, body.validation_file, "validation_file")
+        check_renders_tools(entry, int(validation.stats.get("tool_examples", 0)), "validation_file")
     try:
         hyperparameters = body.requested_hyperparameters()
     except ValueError as exc:

@@ -4,12 +4,14 @@ refused at every level; a JSON array answered once; every new problem code with 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import upload
+from app.config import Settings
+from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, chat_line, jsonl
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
@@ -203,3 +205,59 @@ def test_a_line_in_no_known_format_names_its_keys_and_the_nearest_format(
     assert problem["code"] == "unrecognized_format"
     assert "'instruction_text', 'answer'" in problem["message"]
     assert "nearest known format is alpaca" in problem["message"]
+
+
+@pytest.fixture
+def tool_file(client: TestClient, tenant_a: Tenant) -> str:
+    response = upload(client, tenant_a, jsonl(*[tool_line()] * 12))
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def local_model(directory: Path, template: str | None) -> str:
+    """A local catalog model: its config.json and tokenizer_config.json (no weights)."""
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    tokenizer_config = {"chat_template": template} if template is not None else {}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return str(directory)
+
+
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+TOOLS_TEMPLATE = "{% if tools %}{{ tools | tojson }}{% endif %}" + PLAIN_TEMPLATE
+
+
+def test_tools_on_a_base_whose_template_cannot_write_them_are_refused_at_creation(
+    client: TestClient,
+    tenant_a: Tenant,
+    tool_file: str,
+    training_file: str,
+    settings: Settings,
+    tmp_path: Path,
+    enqueuer: RecordingEnqueuer,
+):
+    settings.models = {
+        "local/plain": {"path": local_model(tmp_path / "plain", PLAIN_TEMPLATE)},
+        "local/tools": {"path": local_model(tmp_path / "tools", TOOLS_TEMPLATE)},
+        "local/none": {"path": local_model(tmp_path / "none", None)},
+    }
+    refused = create_job(client, tenant_a, tool_file, model="local/plain")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("chat_template_no_tools", "model")
+    assert "local/plain" in error["message"]
+    as_validation = create_job(
+        client, tenant_a, training_file, model="local/plain", validation_file=tool_file
+    )
+    assert as_validation.json()["error"]["code"] == "chat_template_no_tools"
+    assert enqueuer.sent == []
+    # A template that writes tools, none at all (the worker gives it loraforge's), the
+    # built-in, and a file without tools on the plain template: all accepted.
+    for model, file_id in [
+        ("local/tools", tool_file),
+        ("local/none", tool_file),
+        ("loraforge/tiny-random-llama", tool_file),
+        ("local/plain", training_file),
+    ]:
+        response = create_job(client, tenant_a, file_id, model=model)
+        assert response.status_code == 200, (model, response.text)
