@@ -100,7 +100,8 @@ def job_public(job: Job | Row[Any]) -> JobPublic:
         finished_at=unix(job.finished_at),
         hyperparameters=spec.hyperparameters,
         method=MethodPublic(supervised=SupervisedPublic(hyperparameters=spec.hyperparameters)),
-        model=job.model,
+        # what the job was asked to continue, as OpenAI shows it; job.model is its base
+        model=spec.parent.model if spec.parent else job.model,
         organization_id=job.organization_id,
         result_files=list(job.result_files or []),
         seed=job.seed,
