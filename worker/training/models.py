@@ -170,9 +170,11 @@ def load_parent_adapter(model: PeftModel, weights: Path, device: str) -> None:
         result = set_peft_model_state_dict(model, state)
     except RuntimeError as exc:  # a shape differs
         raise parent_mismatch(str(exc).splitlines()[0]) from exc
-    missing = [key for key in result.missing_keys if "lora_" in key]
-    if result.unexpected_keys or missing:
-        raise parent_mismatch(f"unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}")
+    # peft returns torch's load_state_dict result (a namedtuple its stubs leave untyped)
+    unexpected: list[str] = list(getattr(result, "unexpected_keys", []))
+    missing = [key for key in getattr(result, "missing_keys", []) if "lora_" in key]
+    if unexpected or missing:
+        raise parent_mismatch(f"unexpected {unexpected[:3]}, missing {missing[:3]}")
 
 
 def parent_mismatch(detail: str) -> TrainingInputError:
