@@ -261,3 +261,10 @@ def test_tools_on_a_base_whose_template_cannot_write_them_are_refused_at_creatio
     ]:
         response = create_job(client, tenant_a, file_id, model=model)
         assert response.status_code == 200, (model, response.text)
+
+
+def test_the_tool_call_example_file_is_accepted(client: TestClient, tenant_a: Tenant):
+    example = Path(__file__).resolve().parents[2] / "examples" / "weather-tools.jsonl"
+    response = upload(client, tenant_a, example.read_bytes(), example.name)
+    assert response.status_code == 200, response.text
+    assert response.json()["stats"]["tool_examples"] == response.json()["stats"]["examples"] == 16
