@@ -18,6 +18,8 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset(
     {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"}
 )
+PLAIN_KEYS = frozenset({"role", "content", "weight", "name"})
+PLAIN_ROLES = frozenset({"system", "user", "assistant"})
 TOOL_CALL_KEYS = frozenset({"id", "type", "function"})
 CALLED_FUNCTION_KEYS = frozenset({"name", "arguments"})
 TOOL_KEYS = frozenset({"type", "function"})
@@ -136,6 +138,30 @@ def parse_message(
     raw: object, line: int, index: int, call_ids: set[str]
 ) -> Message | list[Problem]:
     """One message; `call_ids` holds the tool call ids of the messages before it."""
+    # The common message (no tools, nothing wrong) on a short path: uploads are validated
+    # line by line, and the full checks below cost a third of the throughput.
+    if isinstance(raw, dict) and PLAIN_KEYS.issuperset(raw):
+        role, content = raw.get("role"), raw.get("content")
+        weight, name = raw.get("weight"), raw.get("name")
+        if (
+            isinstance(role, str)
+            and role in PLAIN_ROLES
+            and isinstance(content, str)
+            and content
+            and (name is None or isinstance(name, str))
+            and (
+                weight is None
+                or (role == "assistant" and not isinstance(weight, bool) and weight in (0, 1))
+            )
+        ):
+            return Message(role, content, weight, name)  # type: ignore[arg-type]
+    return _parse_message(raw, line, index, call_ids)
+
+
+def _parse_message(
+    raw: object, line: int, index: int, call_ids: set[str]
+) -> Message | list[Problem]:
+    """parse_message's every check, each failure with its own problem."""
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
         return problem(line, where, "invalid_message", "each message must be a JSON object")
@@ -260,7 +286,8 @@ def parse_messages(
         parsed = parse_message(raw, line, index, call_ids)
         if isinstance(parsed, list):
             return parsed
-        call_ids.update(call.id for call in parsed.tool_calls)
+        if parsed.tool_calls:
+            call_ids.update(call.id for call in parsed.tool_calls)
         messages.append(parsed)
     return tuple(messages)
 

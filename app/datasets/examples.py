@@ -65,6 +65,8 @@ class Message:
 
     @property
     def characters(self) -> int:
+        if not self.tool_calls:
+            return len(self.content)
         return len(self.content) + sum(call.characters for call in self.tool_calls)
 
 
@@ -82,12 +84,14 @@ class Example:
     @property
     def uses_tools(self) -> bool:
         """Whether rendering needs a chat template that writes tools or tool calls."""
-        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
+        if self.tools:
+            return True
+        return any(message.tool_calls or message.role == "tool" for message in self.messages)
 
     @property
     def characters(self) -> int:
         return (
-            sum(m.characters for m in self.messages)
+            sum([m.characters for m in self.messages])
             + len(self.prompt)
             + len(self.completion)
             + len(self.text)

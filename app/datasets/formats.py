@@ -63,10 +63,16 @@ FORMATS: tuple[Format, ...] = (
 )
 
 
+# (signature key, its format), in FORMATS' order: one lookup per key on the hot path.
+SIGNATURES: tuple[tuple[str, Format], ...] = tuple(
+    (key, candidate) for candidate in FORMATS for key in candidate.signature
+)
+
+
 def detect_format(obj: dict[str, Any]) -> Format | None:
     """The first format one of whose signature keys the line has."""
-    for candidate in FORMATS:
-        if any(key in obj for key in candidate.signature):
+    for key, candidate in SIGNATURES:
+        if key in obj:
             return candidate
     return None
 
