@@ -1,9 +1,10 @@
 """Turn dataset examples into token ids and labels: loss only where the model should learn.
 
 Labels are -100 (ignored by the loss) except on assistant messages that are trained (weight
-not 0) or on the completion; `train_on: all` labels every token. Every sequence ends with
-EOS so a fine-tuned model learns to stop. Sequences over max_seq_length are cut from the right;
-one whose prompt alone fills the window has nothing left to learn and is dropped.
+not 0), their tool calls included, or on the completion; tool results are never learned, and
+`train_on: all` labels every token. Every sequence ends with EOS so a fine-tuned model learns
+to stop. Sequences over max_seq_length are cut from the right; one whose prompt alone fills
+the window has nothing left to learn and is dropped.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def assistant_start(
     content = message.content.strip()
     # rfind: the content follows the turn header, which may contain the same words
     start = upto.rfind(content, len(before)) if content else -1
-    if start >= 0:
-        return start
+    if start >= 0 or index == 0:
+        return max(start, len(before))
     prompt = render_chat(tokenizer, messages[:index], tools, add_generation_prompt=True)
     if len(before) <= len(prompt) <= len(upto) and upto.startswith(prompt):
         return len(prompt)
