@@ -21,6 +21,7 @@ from app.schemas.spec import ResolvedSpec
 from app.services.capacity import estimated_bytes
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name, organization_name
+from app.services.parents import ADAPTER_WEIGHTS, parent_adapter_key
 from app.services.transitions import compare_and_set
 from app.services.webhooks import record_job_event
 from worker.context import WorkerContext
@@ -122,6 +123,7 @@ class JobRunner:
             validation_file=workspace.dataset(validation_key) if validation_key else None,
             output_dir=workspace.output_dir,
             models_dir=self.settings.models_dir,
+            parent_adapter=self._parent_adapter(spec),
         )
         resume_from = latest_complete_checkpoint(paths.checkpoints_dir)
         self.device = config.device
@@ -171,6 +173,22 @@ class JobRunner:
                 validation,
                 organization_name(session, job.organization_id),
             )
+
+    def _parent_adapter(self, spec: ResolvedSpec) -> Path | None:
+        """A local copy of the fine-tuned parent's adapter weights, when the job has one."""
+        if spec.parent is None:
+            return None
+        parent = spec.parent
+        with self.context.session_factory() as session:
+            key = parent_adapter_key(session, self.context.storage, parent.job_id, parent.step)
+        try:
+            return self.workspace.dataset(f"{key}/{ADAPTER_WEIGHTS}")
+        except FileNotFoundError as exc:
+            raise UserError(
+                "parent_model_unavailable",
+                f"the adapter of {parent.model!r} is no longer stored",
+                "model",
+            ) from exc
 
     def _fits_this_worker(self) -> bool:
         """Whether this device can hold the job; a job too big is left for a larger worker."""

@@ -40,11 +40,15 @@ def file_fields(record: File | Row[Any]) -> dict[str, Any]:
         "status_details": None,
         "expires_at": unix(record.expires_at),
         "sha256": record.sha256,
-        "stats": {key: stats.get(key) for key in STATS_FIELDS} if stats else None,
+        "stats": {key: stats.get(key, default) for key, default in STATS_FIELDS} if stats else None,
     }
 
 
-STATS_FIELDS = tuple(DatasetStatsPublic.model_fields)
+# (name, value for a file validated before the field existed)
+STATS_FIELDS = tuple(
+    (name, None if info.is_required() else info.default)
+    for name, info in DatasetStatsPublic.model_fields.items()
+)
 
 
 def file_public(record: File | Row[Any]) -> FilePublic:
@@ -96,7 +100,8 @@ def job_public(job: Job | Row[Any]) -> JobPublic:
         finished_at=unix(job.finished_at),
         hyperparameters=spec.hyperparameters,
         method=MethodPublic(supervised=SupervisedPublic(hyperparameters=spec.hyperparameters)),
-        model=job.model,
+        # what the job was asked to continue, as OpenAI shows it; job.model is its base
+        model=spec.parent.model if spec.parent else job.model,
         organization_id=job.organization_id,
         result_files=list(job.result_files or []),
         seed=job.seed,

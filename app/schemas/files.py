@@ -39,9 +39,15 @@ class ExpiresAfter(StrictModel):
 
 class DatasetStatsPublic(BaseModel):
     examples: int
+    # What the trainer reads: chat, prompt_completion or text.
     format: str | None
     characters: int
     messages: int
+    # The format the lines were written in when they were converted to chat (alpaca,
+    # sharegpt); null when they were not.
+    converted_from: str | None = None
+    # Examples with tools, tool calls or tool results.
+    tool_examples: int = 0
 
 
 class FilePublic(BaseModel):

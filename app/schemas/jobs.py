@@ -40,7 +40,15 @@ class MetadataFilter:
 
 
 class JobCreate(StrictModel):
-    model: Annotated[str, Field(min_length=1, max_length=255)]
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=255,
+            description="A base model of the catalog, or a fine_tuned_model or checkpoint name "
+            "of the organization's jobs to train further from its adapter",
+        ),
+    ]
     training_file: Annotated[str, Field(min_length=1, max_length=64)]
     validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     # OpenAI's bound and no pattern: the model name carries it normalized (fine_tuned_model_name).

@@ -109,15 +109,24 @@ class Method(StrictModel):
     supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
 
 
+class ParentModel(StrictModel):
+    """The fine-tuned model or checkpoint a job continues from (its adapter, on its base)."""
+
+    model: str  # the name the request gave: a fine_tuned_model or a checkpoint's name
+    job_id: str
+    step: int | None = None  # the checkpoint's step; None for the job's final adapter
+
+
 class ResolvedSpec(StrictModel):
     """Everything the trainer needs besides the data: stored on the job, read by the engine."""
 
-    model: str
+    model: str  # the catalog base, also when the job continues a fine-tuned model
     seed: int
     hyperparameters: ResolvedHyperparameters
     lora: LoraSpec
     quantization: QuantizationSpec
     training: ResolvedTrainingSpec
+    parent: ParentModel | None = None
 
 
 def _next_power_of_two(value: float) -> int:
@@ -149,6 +158,7 @@ def resolve_spec(
     lora: LoraSpec,
     quantization: QuantizationSpec,
     training: TrainingSpec,
+    parent: ParentModel | None = None,
 ) -> ResolvedSpec:
     """Fill in every "auto" from the dataset size and the QLoRA defaults."""
     multiplier = hyperparameters.learning_rate_multiplier
@@ -171,4 +181,5 @@ def resolve_spec(
         lora=lora,
         quantization=quantization,
         training=ResolvedTrainingSpec(**{**training.model_dump(), "learning_rate": learning_rate}),
+        parent=parent,
     )

@@ -35,7 +35,6 @@ from app.errors import (
     InvalidJobState,
     InvalidRequest,
     JobNotFound,
-    ModelNotFound,
 )
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate, MetadataFilter
@@ -43,8 +42,9 @@ from app.schemas.spec import ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
 from app.services.integrations import stored_integrations
-from app.services.model_configs import check_target_modules
+from app.services.model_configs import check_renders_tools, check_target_modules
 from app.services.pagination import page_by_created
+from app.services.parents import child_lora, child_quantization, find_parent, model_not_found
 from app.services.quotas import check_job_slot
 from app.services.transitions import compare_and_set
 from app.services.webhooks import record_job_event
@@ -116,26 +116,32 @@ def _replay(session: Session, organization_id: str, key: str, body: JobCreate) -
 def resolve_request(
     session: Session, settings: Settings, organization_id: str, body: JobCreate
 ) -> ResolvedSpec:
-    """Check the model, the tenant's files and the LoRA targets, then fill in every "auto"
-    (creates nothing)."""
-    entry = settings.catalog().get(body.model)
+    """Check the model (a catalog base, or the tenant's fine-tuned model or checkpoint to
+    continue), the tenant's files and the LoRA targets, then fill in every "auto" (creates
+    nothing)."""
+    catalog = settings.catalog()
+    parent = None if body.model in catalog else find_parent(session, organization_id, body.model)
+    entry = catalog.get(parent.spec.model if parent else body.model)
     if entry is None:
-        raise ModelNotFound(f"model {body.model!r} is not in this server's catalog", param="model")
+        raise model_not_found(body.model)
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
+    check_renders_tools(entry, int(training.stats.get("tool_examples", 0)), "training_file")
     if body.validation_file is not None:
-        _tenant_file(session, organization_id, body.validation_file, "validation_file")
+        validation = _tenant_file(session, organization_id, body.validation_file, "validation_file")
+        check_renders_tools(entry, int(validation.stats.get("tool_examples", 0)), "validation_file")
     try:
         hyperparameters = body.requested_hyperparameters()
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="hyperparameters") from exc
     spec = resolve_spec(
-        model=body.model,
+        model=entry.id,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         n_train_examples=int(training.stats.get("examples", 0)),
         hyperparameters=hyperparameters,
-        lora=body.lora,
-        quantization=body.quantization,
+        lora=child_lora(body, parent) if parent else body.lora,
+        quantization=child_quantization(body, parent) if parent else body.quantization,
         training=body.training,
+        parent=parent.model if parent else None,
     )
     check_target_modules(entry, spec.lora.target_modules)
     return spec
@@ -149,7 +155,7 @@ def _new_job(session: Session, settings: Settings, organization_id: str, body: J
         id=new_id("ftjob"),
         queue=route(settings, spec),
         organization_id=organization_id,
-        model=body.model,
+        model=spec.model,  # the base: a fine-tuned parent is named in spec.parent
         training_file_id=body.training_file,
         validation_file_id=body.validation_file,
         suffix=body.suffix,

@@ -10,6 +10,7 @@ from app.db.base import unix, utcnow
 from app.db.models import Job
 from app.errors import NotFound, PermissionDenied
 from app.schemas.models import ModelPublic
+from app.schemas.spec import ResolvedSpec
 
 # Catalog models have no creation time of their own; report the Unix epoch consistently.
 CATALOG_CREATED = 0
@@ -34,7 +35,9 @@ def _fine_tuned_public(job: Job) -> ModelPublic:
         created=unix(job.finished_at or job.created_at) or 0,
         owned_by=job.organization_id,
         kind="fine-tuned",
-        parent=job.model,
+        parent=parent.model
+        if (parent := ResolvedSpec.model_validate(job.spec).parent)
+        else job.model,
     )
 
 

@@ -124,11 +124,14 @@ def test_list_defaults_to_openais_page_of_ten_thousand(
     page = client.get("/v1/files", headers=tenant_a.headers).json()
     assert len(page["data"]) == 150 and page["has_more"] is False
     assert page["data"][0]["id"] == "file-" + "0" * 24
+    # a file validated before converted_from and tool_examples existed shows their defaults
     assert page["data"][149]["stats"] == {
         "examples": 149,
         "format": "chat",
         "characters": 1,
         "messages": 1,
+        "converted_from": None,
+        "tool_examples": 0,
     }
     assert client.get("/v1/files?limit=10000", headers=tenant_a.headers).status_code == 200
 

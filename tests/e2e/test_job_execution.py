@@ -148,7 +148,7 @@ def test_upload_train_download_adapter_and_merged_export(
     assert csv.splitlines()[0].startswith("step,") and len(csv.splitlines()) == 25
 
     adapter_dir = extract(trained.adapter, tmp_path / "adapter")
-    base_dir = stack.data_dir / "models" / "loraforge--tiny-random-llama" / "v1"
+    base_dir = stack.data_dir / "models" / "loraforge--tiny-random-llama" / "v2"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
@@ -209,7 +209,7 @@ def test_the_adapter_on_a_pulled_base_gives_the_workers_output(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    workers = stack.data_dir / "models" / "loraforge--tiny-random-llama" / "v1"
+    workers = stack.data_dir / "models" / "loraforge--tiny-random-llama" / "v2"
     assert tree(pulled_base) == tree(workers)  # the same bytes the worker trained on
     adapter_dir = extract(trained.adapter, tmp_path / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)

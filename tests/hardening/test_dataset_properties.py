@@ -49,6 +49,17 @@ PROBLEM_CODES = frozenset(
         "missing_text",
         "invalid_field_type",
         "too_few_examples",
+        "unrecognized_key",
+        "json_array_not_jsonl",
+        "invalid_tool_calls",
+        "invalid_tool_arguments",
+        "missing_tool_call_id",
+        "unknown_tool_call_id",
+        "invalid_tools",
+        "too_many_tool_calls",
+        "missing_conversations_list",
+        "missing_instruction",
+        "missing_output",
     }
 )
 MAX_LINE = 256
@@ -63,17 +74,63 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-roles = st.sampled_from(["system", "user", "assistant", "tool", "", None])
+roles = st.sampled_from(["system", "user", "assistant", "tool", "function", "", None])
+call_ids = st.sampled_from(["c1", "c2", "", None])
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {"id": call_ids, "type": st.sampled_from(["function", "other"])},
+        optional={
+            "function": st.fixed_dictionaries(
+                {"name": st.sampled_from(["f", "", None])},
+                optional={"arguments": st.sampled_from(['{"a": 1}', "{bad", "", {"a": 1}, 3])},
+            )
+            | json_values,
+            "extra": json_values,
+        },
+    ),
+    max_size=2,
+)
 messages = st.lists(
     st.fixed_dictionaries(
         {"role": roles, "content": st.text(max_size=20) | json_values},
-        optional={"weight": st.sampled_from([0, 1, 2, True, None, 0.5]), "extra": json_values},
+        optional={
+            "weight": st.sampled_from([0, 1, 2, True, None, 0.5]),
+            "extra": json_values,
+            "tool_calls": tool_calls | json_values,
+            "tool_call_id": call_ids,
+        },
+    ),
+    max_size=4,
+)
+turns = st.lists(
+    st.fixed_dictionaries(
+        {
+            "from": st.sampled_from(["human", "gpt", "system", "tool", "function_call", "x"]),
+            "value": st.text(max_size=20) | json_values,
+        },
+        optional={"extra": json_values},
     ),
     max_size=4,
 )
 # Lines that look like each format, with any value in any field, and any JSON at all.
 examples = st.one_of(
-    st.fixed_dictionaries({"messages": messages | json_values}),
+    st.fixed_dictionaries(
+        {"messages": messages | json_values},
+        optional={"tools": json_values, "parallel_tool_calls": json_values, "extra": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"conversations": turns | json_values},
+        optional={"system": json_values, "tools": json_values},
+    ),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "instruction": st.text(max_size=20) | json_values,
+            "input": st.text(max_size=20) | json_values,
+            "output": st.text(max_size=20) | json_values,
+            "history": json_values,
+        },
+    ),
     st.fixed_dictionaries(
         {}, optional={"prompt": st.text(max_size=20) | json_values, "completion": json_values}
     ),

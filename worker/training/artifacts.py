@@ -58,6 +58,8 @@ def build_provenance(
             file_sha256(paths.validation_file) if paths.validation_file else None
         ),
         "seed": config.seed,
+        # The fine-tuned model (or checkpoint) this adapter was trained further from.
+        "parent": config.spec.parent.model_dump(mode="json") if config.spec.parent else None,
         "resolved_spec": config.spec.model_dump(mode="json"),
         "device": config.device,
         "compute_dtype": config.compute_dtype,

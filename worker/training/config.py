@@ -79,6 +79,8 @@ class TrainingPaths:
     # Where built-in models are generated and cached (data_dir/models).
     models_dir: Path
     validation_file: Path | None = None
+    # A fine-tuned parent's adapter_model.safetensors: the LoRA weights training starts from.
+    parent_adapter: Path | None = None
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -1,9 +1,10 @@
 """Turn dataset examples into token ids and labels: loss only where the model should learn.
 
 Labels are -100 (ignored by the loss) except on assistant messages that are trained (weight
-not 0) or on the completion; `train_on: all` labels every token. Every sequence ends with
-EOS so a fine-tuned model learns to stop. Sequences over max_seq_length are cut from the right;
-one whose prompt alone fills the window has nothing left to learn and is dropped.
+not 0), their tool calls included, or on the completion; tool results are never learned, and
+`train_on: all` labels every token. Every sequence ends with EOS so a fine-tuned model learns
+to stop. Sequences over max_seq_length are cut from the right; one whose prompt alone fills
+the window has nothing left to learn and is dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -45,14 +46,73 @@ class TokenizedDataset:
     dropped: int  # examples whose prompt left no trained token within max_seq_length
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
-    """The conversation as the model's chat template writes it."""
-    conversation = [{"role": m.role, "content": m.content} for m in messages]
-    return str(tokenizer.apply_chat_template(conversation, tokenize=False))
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]] = (),
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    """The conversation as the model's chat template writes it, with its tools if any."""
+    conversation = [m.to_template() for m in messages]
+    return str(
+        tokenizer.apply_chat_template(
+            conversation,
+            tools=list(tools) or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    )
+
+
+def check_tools_rendered(example: Example, text: str) -> None:
+    """A template that ignores tools would train the model on calls it never sees."""
+    missing = [
+        call.name
+        for message in example.messages
+        for call in message.tool_calls
+        if call.name not in text
+    ] + [tool["function"]["name"] for tool in example.tools if tool["function"]["name"] not in text]
+    if missing:
+        raise TrainingInputError(
+            "chat_template_no_tools",
+            f"the model's chat template does not write tools or tool calls ({missing[0]!r} is "
+            "missing from the rendered conversation); use a model whose template supports "
+            "tools, or a dataset without them",
+            "training_file",
+        )
+
+
+def assistant_start(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]],
+    index: int,
+    before: str,
+    upto: str,
+) -> int:
+    """Where the assistant turn `index` starts learning in `upto`: after its content's header.
+
+    Content is found by its text; a turn of tool calls only starts after the generation
+    prompt (the turn header), when the template writes one that `upto` continues.
+    """
+    message = messages[index]
+    content = message.content.strip()
+    # rfind: the content follows the turn header, which may contain the same words
+    start = upto.rfind(content, len(before)) if content else -1
+    if start >= 0 or index == 0:
+        return max(start, len(before))
+    prompt = render_chat(tokenizer, messages[:index], tools, add_generation_prompt=True)
+    if len(before) <= len(prompt) <= len(upto) and upto.startswith(prompt):
+        return len(prompt)
+    return len(before)
 
 
 def trained_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], text: str
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    text: str,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> list[tuple[int, int]]:
     """Character spans of `text` holding trained assistant turns (content through end of turn).
 
@@ -62,7 +122,7 @@ def trained_spans(
     spans: list[tuple[int, int]] = []
     before = ""
     for index, message in enumerate(messages):
-        upto = render_chat(tokenizer, messages[: index + 1])
+        upto = render_chat(tokenizer, messages[: index + 1], tools)
         if not (text.startswith(upto) and upto.startswith(before)):
             raise TrainingInputError(
                 "unsupported_chat_template",
@@ -71,19 +131,25 @@ def trained_spans(
                 "training.train_on",
             )
         if message.trained:
-            # rfind: the content follows the turn header, which may contain the same words
-            content_start = upto.rfind(message.content.strip(), len(before))
-            spans.append((content_start if content_start >= 0 else len(before), len(upto)))
+            start = assistant_start(tokenizer, messages, tools, index, before, upto)
+            spans.append((start, len(upto)))
         before = upto
     return spans
 
 
 def tokenize_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], train_on: TrainOn
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    train_on: TrainOn,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> TokenizedExample:
-    """Chat through the template; labels on trained assistant turns (or everything)."""
-    text = render_chat(tokenizer, messages)
-    spans = [(0, len(text))] if train_on == "all" else trained_spans(tokenizer, messages, text)
+    """Chat through the template (tools too); labels on trained assistant turns (tool calls
+    included), or everything."""
+    text = render_chat(tokenizer, messages, tools)
+    if train_on == "all":
+        spans = [(0, len(text))]
+    else:
+        spans = trained_spans(tokenizer, messages, text, tools)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     labels = [
@@ -121,7 +187,9 @@ def tokenize_example(
 ) -> TokenizedExample:
     """Tokenize one example of any of the three formats, untruncated."""
     if example.format == "chat":
-        return tokenize_chat(tokenizer, example.messages, train_on)
+        if example.uses_tools:
+            check_tools_rendered(example, render_chat(tokenizer, example.messages, example.tools))
+        return tokenize_chat(tokenizer, example.messages, train_on, example.tools)
     if example.format == "prompt_completion":
         return tokenize_prompt_completion(tokenizer, example.prompt, example.completion, train_on)
     return tokenize_text(tokenizer, example.text)

@@ -84,7 +84,7 @@ def run_training(
     hooks = hooks or TrainingHooks()
     discard_interrupted_saves(paths)
     set_seed(config.seed)
-    loaded = load_model(config, paths.models_dir)
+    loaded = load_model(config, paths.models_dir, parent_adapter=paths.parent_adapter)
     train_data, eval_data = load_data(config, paths, loaded.tokenizer)
     run = build_run(
         config,

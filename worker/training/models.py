@@ -8,7 +8,13 @@ from pathlib import Path
 import bitsandbytes as bnb
 import torch
 from huggingface_hub import snapshot_download
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import (
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -156,8 +162,34 @@ def inference_mode(model: torch.nn.Module) -> None:
             module.train()
 
 
-def load_model(config: TrainingConfig, models_dir: Path) -> LoadedModel:
-    """Base model quantized as the spec asks, prepared for k-bit training, wrapped in LoRA."""
+def load_parent_adapter(model: PeftModel, weights: Path, device: str) -> None:
+    """Start from a fine-tuned parent's LoRA weights: every LoRA tensor of the model is set
+    from them, or the job fails saying the parent's adapter does not fit."""
+    state = load_file(str(weights), device=device)
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as exc:  # a shape differs
+        raise parent_mismatch(str(exc).splitlines()[0]) from exc
+    # peft returns torch's load_state_dict result (a namedtuple its stubs leave untyped)
+    unexpected: list[str] = list(getattr(result, "unexpected_keys", []))
+    missing = [key for key in getattr(result, "missing_keys", []) if "lora_" in key]
+    if unexpected or missing:
+        raise parent_mismatch(f"unexpected {unexpected[:3]}, missing {missing[:3]}")
+
+
+def parent_mismatch(detail: str) -> TrainingInputError:
+    return TrainingInputError(
+        "parent_lora_mismatch",
+        f"the parent model's adapter does not fit this job's LoRA layers ({detail})",
+        "model",
+    )
+
+
+def load_model(
+    config: TrainingConfig, models_dir: Path, *, parent_adapter: Path | None = None
+) -> LoadedModel:
+    """Base model quantized as the spec asks, prepared for k-bit training, wrapped in LoRA
+    (initialized from a fine-tuned parent's adapter when the job continues one)."""
     model_dir = resolve_model_dir(config.model, models_dir)
     tokenizer = load_tokenizer(model_dir, config.model)
     base = load_base_model(
@@ -174,4 +206,6 @@ def load_model(config: TrainingConfig, models_dir: Path) -> LoadedModel:
         enable_gradient_checkpointing(base)
     check_target_modules(base, config.lora.target_modules)
     model = get_peft_model(base, build_lora_config(config), revision=config.model.revision)
+    if parent_adapter is not None:
+        load_parent_adapter(model, parent_adapter, config.device)  # type: ignore[arg-type]
     return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir)  # type: ignore[arg-type]

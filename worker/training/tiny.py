@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from app.memory import TINY_RANDOM_LLAMA_SHAPE, ModelShape
 
 # Bump when the generator changes, so caches of an older model are not reused.
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 TINY_SEED = 1234
 # Wider than Llama's 0.02: with a frozen random head of std 0.02 the logits cannot spread
 # more than a few units, so no adapter could fit even a repetitive dataset.
@@ -34,9 +34,19 @@ BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # Each turn is "<|role|>\n" + content + EOS. Assistant content and its EOS sit inside
 # {% generation %} so tools that read assistant masks from the template (trl) work too.
+# Tools (a system turn listing them), tool calls (<tool_call>{"name", "arguments"}</tool_call>
+# in the assistant turn) and tool results (a <|tool|> turn) as Hermes-style templates write
+# them; a conversation without tools renders as it did before they were added.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}"
+    "{{ bos_token }}{% if tools %}<|system|>\nYou may call these functions:\n"
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool)"
+    " | tojson }}\n{% endfor %}{{ eos_token }}{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}<tool_call>"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']}"
+    " | tojson }}</tool_call>{% endfor %}{% endif %}"
     "{{ eos_token }}{% endgeneration %}{% else %}{{ message['content'] }}{{ eos_token }}"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

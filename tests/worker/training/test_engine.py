@@ -25,6 +25,7 @@ from worker.training.errors import TrainingInputError
 from worker.training.loop import build_eval_batches
 from worker.training.metrics import StepMetrics, TrainingHooks, read_results
 from worker.training.models import inference_mode, load_base_model, load_model
+from worker.training.tiny import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def eval_loss_of_adapter(config: TrainingConfig, paths: TrainingPaths, adapter: 
     """Recompute the validation loss with the adapter loaded by peft on a fresh 4-bit base."""
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     base = load_base_model(
-        paths.models_dir / "loraforge--tiny-random-llama" / "v1",
+        tiny_model_dir(paths.models_dir),
         config.model,
         dtype=torch.float32,
         device="cpu",
@@ -127,7 +128,7 @@ def test_should_stop_ends_training_within_one_step_with_a_usable_checkpoint(
     assert len(read_results(paths.results_csv)) == 3
     config = build_config()
     base = load_base_model(
-        paths.models_dir / "loraforge--tiny-random-llama" / "v1",
+        tiny_model_dir(paths.models_dir),
         config.model,
         dtype=torch.float32,
         device="cpu",

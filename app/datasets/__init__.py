@@ -1,0 +1,50 @@
+"""Fine-tuning datasets: one JSON object per line, in one of these formats.
+
+- chat: {"messages": [...], "tools"?: [...]} (OpenAI's, with tool calls and tool results)
+- sharegpt: {"conversations": [{"from", "value"}]}, converted to chat
+- alpaca: {"instruction", "input"?, "output", "system"?}, converted to chat
+- prompt_completion: {"prompt": str, "completion": str}
+- text: {"text": str}
+
+formats.py knows them, chat.py and converted.py parse them, reading.py reads files.
+"""
+
+from app.datasets.examples import (
+    DatasetError,
+    DatasetFormat,
+    DatasetStats,
+    Example,
+    Message,
+    Problem,
+    SourceFormat,
+    ToolCall,
+    ValidationReport,
+)
+from app.datasets.formats import FORMATS, detect_format, parse_example
+from app.datasets.reading import (
+    UTF8_BOM,
+    iter_lines,
+    parse_line,
+    read_examples,
+    validate_stream,
+)
+
+__all__ = [
+    "FORMATS",
+    "UTF8_BOM",
+    "DatasetError",
+    "DatasetFormat",
+    "DatasetStats",
+    "Example",
+    "Message",
+    "Problem",
+    "SourceFormat",
+    "ToolCall",
+    "ValidationReport",
+    "detect_format",
+    "iter_lines",
+    "parse_example",
+    "parse_line",
+    "read_examples",
+    "validate_stream",
+]
