@@ -4,7 +4,6 @@ fine-tuned model: it starts from the parent's adapter, names it, and exports ont
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from app.config import Settings
 from tests.api.test_dataset_formats import tool_line
 from tests.conftest import create_job, upload
 from tests.factories import Tenant, chat_dataset, jsonl
+from tests.worker.runner_settings import runner_settings  # noqa: F401 (fixture)
 from worker.context import WorkerContext
 from worker.exports import run_export
 from worker.runner import JobRunner
@@ -26,19 +26,6 @@ SHORT = {
     "method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}},
     "training": {"max_steps": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0},
 }
-
-
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "models").symlink_to(models_dir, target_is_directory=True)
-    return Settings(
-        data_dir=data_dir,
-        broker_url="memory://",
-        min_training_examples=10,
-        _env_file=None,  # type: ignore[call-arg]
-    )
 
 
 def train(
