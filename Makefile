@@ -54,7 +54,7 @@ migrate: install
 
 # Every CPU benchmark, then bench/RESULTS.md and its plots (bench/gpu/ runs on a GPU machine).
 BENCH_SCRIPTS := bench/trainer_vs_trl.py bench/quant_memory.py bench/estimator_accuracy.py \
-	bench/api_load.py bench/job_latency.py
+	bench/api_load.py bench/job_latency.py bench/inference.py
 
 bench: install
 	for script in $(BENCH_SCRIPTS); do HF_HUB_OFFLINE=1 $(BIN)/python $$script || exit 1; done
