@@ -159,7 +159,7 @@ def liger_cross_entropy(
 
 
 def causal_lm_loss(
-    model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, loss_path: str
+    model: Any, inputs: dict[str, Any], labels: torch.Tensor, loss_path: str
 ) -> LossOutput:
     """Summed next-token CE of a causal LM (transformers' *ForCausalLM, LoRA layers in it)
     over `labels`, by the path kernels.choose_loss picked."""
