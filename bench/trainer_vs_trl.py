@@ -5,7 +5,7 @@ tokenizer), same data (synthetic chat with a FLAN-like high-variance length prof
 low-variance one, plus a held-out file), same r/alpha/dropout/targets, learning rate,
 schedule, batch, epochs and sequence length, same NF4 + double quant + paged 8-bit AdamW,
 fp32 compute, same thread count. Trainers:
-  loraforge          run_training with its defaults (batches grouped by length)
+  loraforge          run_training with its defaults (padding-free batches grouped by length)
   loraforge_packing  run_training with training.packing
   trl                SFTTrainer with its defaults (random batches padded to the longest)
   trl_packing        SFTTrainer with packing=True (BFD packing, padding-free)
@@ -14,6 +14,11 @@ interleave the trainers (the order rotates) so that load on the machine hits all
 figures are medians over repeats.
 
     python bench/trainer_vs_trl.py [--repeats 3] [--quick] [--wait-quiet 1.0]
+
+It also times an fp32 matmul on the same threads (the machine's measured peak) and reports
+the share of it the engine's training loop reaches, in model FLOPs (the forward and backward
+a step needs: 4 x frozen + 6 x LoRA weights + attention per token) and in hardware FLOPs
+(plus the forward that gradient checkpointing recomputes).
 
 Prints JSON and writes bench/results/trainer_vs_trl.json.
 """
@@ -78,6 +83,7 @@ FULL = {"n_train": 192, "n_eval": 32}
 QUICK = {"n_train": 24, "n_eval": 4, "max_seq_length": 256, "batch_size": 4}
 GOALS = {
     "tokens_per_s_vs_trl_default_high": 1.5,
+    "tokens_per_s_vs_trl_default_low": 1.5,
     "tokens_per_s_vs_trl_packing_high": 1.0,
     "eval_loss_no_worse_tolerance": 0.01,  # relative: run-to-run noise of the held-out loss
     "padding_share_max": 0.03,
@@ -177,18 +183,26 @@ def goal(value: Any, target: Any, met: bool, pair: str) -> dict[str, Any]:
 def goals(summary: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals on the high-variance profile; each names the pair it compares.
 
-    vs TRL's defaults: loraforge's default (grouped) mode; vs TRL's packing: loraforge's
-    packing (each trainer's packing against the other's), with the default mode's ratio
-    recorded beside it. Loss: each loraforge mode against its TRL counterpart. Padding: each
-    engine mode on every profile, as two goals (the issue names no mode).
+    vs TRL's defaults (both profiles): loraforge's default (padding-free) mode; vs TRL's
+    packing: loraforge's packing (each trainer's packing against the other's), with the default
+    mode's ratio recorded beside it. Loss: each loraforge mode against its TRL counterpart.
+    Padding: each engine mode on every profile, as two goals (the issue names no mode). A run
+    of loraforge and trl alone (--trainers loraforge,trl) gets the goals against TRL's defaults.
     """
     high = summary.get("high", {})
     if not set(TRAINERS) <= high.keys():
-        return {}
+        return default_goals(summary)
     tolerance = 1 + GOALS["eval_loss_no_worse_tolerance"]
     rate = {name: high[name]["tokens_per_s"] for name in TRAINERS}
     loss = {name: high[name]["eval_loss"] for name in TRAINERS}
     vs_default = rate["loraforge"] / rate["trl"]
+    low = summary.get("low", {})
+    vs_default_low = (
+        low["loraforge"]["tokens_per_s"] / low["trl"]["tokens_per_s"]
+        if {"loraforge", "trl"} <= low.keys()
+        else None
+    )
+    target_low = GOALS["tokens_per_s_vs_trl_default_low"]
     vs_packing = rate["loraforge_packing"] / rate["trl_packing"]
     paddings = {
         mode: {p: trainers[mode]["padding_share"] for p, trainers in summary.items()}
@@ -200,6 +214,12 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "tokens_per_s_vs_trl_default_high": goal(
             vs_default, target_default, vs_default >= target_default, "loraforge / trl"
+        ),
+        "tokens_per_s_vs_trl_default_low": goal(
+            vs_default_low,
+            target_low,
+            vs_default_low is not None and vs_default_low >= target_low,
+            "loraforge / trl",
         ),
         "tokens_per_s_vs_trl_packing_high": {
             **goal(
@@ -227,37 +247,108 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
             paddings["loraforge"],
             limit,
             all(v <= limit for v in paddings["loraforge"].values()),
-            "loraforge default (grouped) mode, every profile",
+            "loraforge default (padding-free, grouped) mode, every profile",
         ),
     }
+
+
+def default_goals(summary: dict[str, Any]) -> dict[str, Any]:
+    """loraforge's default mode against TRL's defaults, on each profile both ran."""
+    out = {}
+    for profile, trainers in summary.items():
+        if {"loraforge", "trl"} <= trainers.keys():
+            ratio = trainers["loraforge"]["tokens_per_s"] / trainers["trl"]["tokens_per_s"]
+            target = GOALS[f"tokens_per_s_vs_trl_default_{profile}"]
+            out[f"tokens_per_s_vs_trl_default_{profile}"] = goal(
+                ratio, target, ratio >= target, "loraforge / trl"
+            )
+    return out
 
 
 def packing_analysis(lengths: list[int], batch_size: int, seq: int, seed: int) -> dict:
     """Rows, steps and padding of the engine's batch plans (grouped, packed) for these lengths.
 
-    Computed from the token lengths alone with the engine's own `build_plan`, so the padding
-    a run measures can be checked against the plan it followed.
+    Computed from the token lengths alone with the engine's own `build_plan` and the
+    padding-free collation it trains with, so the padding a run measures can be checked
+    against the plan it followed; `padded_share` is what padding each micro-batch's rows to
+    the longest would have cost.
     """
-    from worker.training.batching import build_plan
+    from worker.training.batching import build_plan, collate_padding_free
     from worker.training.data import TokenizedExample
 
-    examples = [TokenizedExample([0] * n, [0] * n) for n in lengths]
+    examples = [TokenizedExample([1] * n, [1] * n) for n in lengths]
     out = {}
     for name, packing in (("grouped", False), ("packing", True)):
         plan = build_plan(
             examples, batch_size=batch_size, seed=seed, packing=packing, max_seq_length=seq
         )
-        positions = sum(
-            max(sum(lengths[i] for i in row) for row in rows) * len(rows)
-            for index in range(plan.batches_per_epoch)
-            for rows in plan.passes(index)
+        batches = [plan.micro_batch(index) for index in range(plan.batches_per_epoch)]
+        positions = sum(collate_padding_free(examples, rows).input_ids.numel() for rows in batches)
+        padded = sum(
+            max(sum(lengths[i] for i in row) for row in rows) * len(rows) for rows in batches
         )
         out[name] = {
             "rows": len(plan.rows),
             "steps": plan.batches_per_epoch,
             "padding_share": 1 - sum(lengths) / positions,
+            "padded_share": 1 - sum(lengths) / padded,
         }
     return out
+
+
+def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 3.0) -> float:
+    """The best fp32 FLOP/s a size^3 matmul reaches on `threads` threads (this machine's peak)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < deadline:
+        began = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - began))
+    return best
+
+
+def training_flops_per_token(
+    shape: dict[str, Any], r: int, mean_length: float, checkpointing: bool
+) -> dict[str, float]:
+    """Model and hardware FLOPs per token of a LoRA step (bench/gpu's formula, all-linear)."""
+    d, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    inter, vocab = shape["intermediate_size"], shape["vocab_size"]
+    kv = d * shape["num_key_value_heads"] // shape["num_attention_heads"]
+    linears = [(d, d), (d, kv), (d, kv), (d, d), (d, inter), (d, inter), (inter, d)]
+    frozen = layers * sum(a * b for a, b in linears) + d * vocab
+    lora = layers * sum(r * (a + b) for a, b in linears)
+    # Attention at the mean sequence length: padding-free batches attend within each example.
+    attention = 12 * layers * d * mean_length
+    model = 4 * frozen + 6 * lora + attention
+    recompute = (2 * (frozen - d * vocab) + 2 * lora + attention / 3) if checkpointing else 0.0
+    return {"model": model, "hardware": model + recompute}
+
+
+def machine_share(result: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The share of the measured matmul peak the engine's loop reaches, per profile."""
+    peak = matmul_peak_flops(threads)
+    hp, shares = result["hyperparameters"], {}
+    for profile, trainers in result["summary"].items():
+        if "loraforge" not in trainers:
+            continue
+        mean = result["data"][profile]["token_lengths"]["mean"]
+        flops = training_flops_per_token(
+            result["model"], hp["r"], mean, hp["gradient_checkpointing"]
+        )
+        shares[profile] = {
+            name: {
+                "model_flops_per_s": figures["tokens_per_s"] * flops["model"],
+                "share_of_matmul_peak": figures["tokens_per_s"] * flops["model"] / peak,
+                "hardware_share_of_matmul_peak": figures["tokens_per_s"] * flops["hardware"] / peak,
+            }
+            for name, figures in trainers.items()
+        }
+    return {"matmul_fp32_flops_per_s": peak, "threads": threads, "profiles": shares}
 
 
 def prepare(
@@ -320,6 +411,8 @@ def main() -> None:
     command = "python bench/trainer_vs_trl.py" + (
         " --quick" if args.quick else f" --repeats {repeats}"
     )
+    if args.trainers != ",".join(TRAINERS):
+        command += f" --trainers {args.trainers}"
     quiet = wait_until_quiet(args.wait_quiet, 2400) if args.wait_quiet else None
     results = header("trainer_vs_trl", command, args.quick)
     results["waited_for_quiet"] = quiet
@@ -347,10 +440,14 @@ def main() -> None:
             "TRL's defaults: random batches padded to the longest, no group_by_length",
             "eval_loss: the saved adapter on the NF4 base, mean cross-entropy per assistant "
             "token of a held-out file of the same profile, one function for all",
-            "batch plans: the engine's padding counted from its own plan, the passes it "
-            "computes each batch in included (a batch whose lengths differ is split into the "
-            "fewest passes padding at most 2% of its tokens; gradients accumulate, so a step "
-            "still takes batch_size examples); it matches the padding the run measures",
+            "batch plans: the engine's padding counted from its own plan and its padding-free "
+            "collation (each micro-batch's examples back to back in one sequence, attention "
+            "kept within each example); padded_share is what padding the same rows to the "
+            "longest would cost",
+            "machine share: model FLOPs per token 4 x frozen weights + 6 x LoRA weights + "
+            "12 x layers x hidden x mean example length, times tokens/s, over the best fp32 "
+            "1024^3 matmul rate on the same threads, measured after the runs; hardware share "
+            "adds the forward gradient checkpointing recomputes",
             "TRL's packing keeps examples whose truncation to max_seq_length leaves no "
             "assistant token (its default mode and the engine drop them): it feeds more input "
             "tokens for the same label tokens, which raises its tokens/s but not its label "
@@ -400,6 +497,7 @@ def main() -> None:
     results["summary"] = summary
     results["ratios"] = {profile: compare(summary[profile]) for profile in profiles}
     results["goals"] = goals(summary)
+    results["machine_share"] = machine_share(results, args.threads)
     results["runs"] = runs
     finish(results, args.out_dir)
 

@@ -117,7 +117,8 @@ def run_engine(run: dict[str, Any]) -> dict[str, Any]:
     def load_and_count(*args: Any, **kwargs: Any) -> Any:
         loaded = load_model(*args, **kwargs)
         counter.pad_id = loaded.tokenizer.pad_token_id
-        counter.attach(loaded.model.get_base_model())
+        # The engine runs the decoder and computes the head with its loss (chunked).
+        counter.attach(loaded.model.get_base_model().get_decoder())
         return loaded
 
     marks: dict[str, Any] = {"start": None, "ends": [], "losses": [], "optimizer_s": 0.0}
@@ -158,7 +159,9 @@ def run_engine(run: dict[str, Any]) -> dict[str, Any]:
     )
     peak = peak_rss_bytes()
     counter.labels = result.trained_tokens  # the engine computes its loss outside forward()
-    return measured(run, counter, marks, peak, result.adapter_dir, result.global_step)
+    figures = measured(run, counter, marks, peak, result.adapter_dir, result.global_step)
+    figures["compute_path"] = result.compute_path
+    return figures
 
 
 def run_trl(run: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class JobRunner:
         self._start_trackers(job, config, attempt)
         hooks = TrainingHooks(
             on_metrics=self._on_metrics,
+            on_message=self._event,
             on_checkpoint=self._on_checkpoint,
             should_stop=self._should_stop,
         )

@@ -279,14 +279,13 @@ class Phase:
         }
 
     def positions(self, steps: int, warmup: int) -> int:
-        """Token positions computed (rows x padded width) over the timed steps."""
-        from worker.training.batching import collate
+        """Token positions computed over the timed steps (padding-free: the tokens)."""
+        from worker.training.batching import collate_padding_free
 
         run, total = self.run, 0
         for index in range(warmup, warmup + steps):
-            for rows in run.plan.passes(index):
-                batch = collate(run.examples, rows, 0, run.config.training.packing)
-                total += batch.input_ids.numel()
+            batch = collate_padding_free(run.examples, run.plan.micro_batch(index))
+            total += batch.input_ids.numel()
         return total
 
     def close(self) -> None:

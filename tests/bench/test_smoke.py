@@ -88,6 +88,20 @@ def test_gpu_script_runs_its_tiny_shape_on_the_cpu(tmp_path: Path) -> None:
     assert set(data["optimizers"]) == {"paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch"}
 
 
+def test_gpu_speed_script_runs_every_phase_tiny_on_the_cpu(tmp_path: Path) -> None:
+    run_bench("bench/gpu/speed_h200.py", "--tiny", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "gpu_speed_tiny.json").read_text())
+    speed = data["8b"]
+    for name in ("loraforge", "loraforge_packing", "loraforge_full", "trl_best"):
+        assert speed[name]["tokens_per_s"] > 0 and speed[name]["loss_curve"], name
+        assert "mfu" in speed[name]
+    assert speed["loraforge"]["compute_path"]["attention"] == "loraforge_varlen_sdpa"
+    assert "loraforge_packing/trl_best" in speed["ratios"]
+    capped = data["65b"]
+    assert capped["engine"]["tokens_per_s"] > 0 and capped["estimate_fits_48gb"]
+    assert capped["memory"]["estimate_total_bytes"] > 0
+
+
 @pytest.mark.postgres
 def test_api_benchmark_loads_every_endpoint_and_uploads(tmp_path: Path) -> None:
     assert shutil.which("curl"), "the upload is sent with curl"

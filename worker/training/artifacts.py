@@ -15,7 +15,16 @@ from transformers import PreTrainedTokenizerBase
 
 from worker.training.config import TrainingConfig, TrainingPaths
 
-LIBRARIES = ("loraforge", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
+LIBRARIES = (
+    "loraforge",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "liger-kernel",
+    "flash-attn",
+)
 HASH_CHUNK = 1 << 20
 
 
@@ -40,7 +49,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def build_provenance(
-    config: TrainingConfig, paths: TrainingPaths, summary: dict[str, Any]
+    config: TrainingConfig,
+    paths: TrainingPaths,
+    summary: dict[str, Any],
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to reproduce the adapter: data hashes, spec, versions, base model."""
     entry = config.model
@@ -63,6 +75,8 @@ def build_provenance(
         "resolved_spec": config.spec.model_dump(mode="json"),
         "device": config.device,
         "compute_dtype": config.compute_dtype,
+        # The attention implementation, loss path and fused kernels this run took.
+        "compute_path": compute,
         "libraries": library_versions(),
         "result": summary,
     }

@@ -2,12 +2,16 @@
 
 Without packing each row is one example. With packing, examples are placed into rows of at
 most max_seq_length tokens by best-fit decreasing (longest first, each into the fullest row it
-fits); position_ids restart at 0 for each example and no attention mask is passed, so
-transformers builds a block-diagonal causal mask and packed examples never attend to each
-other. Either way batches are grouped by row length (shuffle, then sort within mega-batches
-of 32 batches) so little padding is computed, and a batch whose lengths still differ is
-computed in a few passes of similar lengths (see `split_passes`). The batch order of epoch e
-depends only on (seed, e): a step number is a complete data position.
+fits). Either way batches are grouped by row length (shuffle, then sort within mega-batches
+of 32 batches), and the batch order of epoch e depends only on (seed, e): a step number is a
+complete data position.
+
+The engine computes a micro-batch padding-free (`collate_padding_free`): every example of its
+rows back to back in one sequence, position_ids restarting at 0 for each, the cumulative
+sequence lengths passed to attention (attention.py keeps the sequences apart). One pass, no
+padding, and the loss and gradients of the rows computed one by one. `collate` pads rows
+instead (packed rows get restarting position_ids and no mask): the reference the tests
+compare with, and what `split_passes` plans for the benchmarks' padding figures.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -40,15 +45,24 @@ class Batch:
     position_ids: torch.Tensor | None
     tokens: int  # non-pad input tokens
     trained_tokens: int  # labels the loss is taken on (after the one-token shift)
+    # Padding-free: where each sequence starts in the row, and the row's end (int32, as
+    # flash-attention's varlen kernels take it); None for a padded batch.
+    sequence_starts: torch.Tensor | None = None
+    max_sequence_length: int = 0
 
-    def model_inputs(self, device: str) -> dict[str, torch.Tensor]:
+    def model_inputs(self, device: str) -> dict[str, Any]:
         """Keyword arguments for the model's forward, on `device`."""
         inputs = {"input_ids": self.input_ids}
         if self.attention_mask is not None:
             inputs["attention_mask"] = self.attention_mask
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids
-        return {name: tensor.to(device) for name, tensor in inputs.items()}
+        if self.sequence_starts is not None:
+            inputs["cu_seq_lens_q"] = inputs["cu_seq_lens_k"] = self.sequence_starts
+        moved: dict[str, Any] = {name: tensor.to(device) for name, tensor in inputs.items()}
+        if self.sequence_starts is not None:
+            moved["max_length_q"] = moved["max_length_k"] = self.max_sequence_length
+        return moved
 
 
 def pack_rows(lengths: Sequence[int], max_seq_length: int) -> list[Row]:
@@ -209,4 +223,32 @@ def collate(
         position_ids=torch.tensor(positions) if packing else None,
         tokens=sum(sum(mask) for mask in masks),
         trained_tokens=int((label_tensor[:, 1:] != IGNORE_INDEX).sum()),
+    )
+
+
+def collate_padding_free(examples: Sequence[TokenizedExample], rows: Sequence[Row]) -> Batch:
+    """Every example of `rows` back to back in one row of shape (1, tokens), no padding.
+
+    position_ids restart at 0 for each example and `sequence_starts` holds the cumulative
+    lengths, so attention keeps the examples apart; each example's first label is dropped
+    (it would be predicted from the previous example), as a padded row drops it by the shift.
+    """
+    sequence = [examples[i] for row in rows for i in row]
+    ids = [token for example in sequence for token in example.input_ids]
+    labels = [label for e in sequence for label in [IGNORE_INDEX, *e.labels[1:]]]
+    positions = [p for example in sequence for p in range(len(example.input_ids))]
+    lengths = [len(example.input_ids) for example in sequence]
+    starts = [0]
+    for length in lengths:
+        starts.append(starts[-1] + length)
+    label_tensor = torch.tensor([labels])
+    return Batch(
+        input_ids=torch.tensor([ids]),
+        labels=label_tensor,
+        attention_mask=None,
+        position_ids=torch.tensor([positions]),
+        tokens=len(ids),
+        trained_tokens=int((label_tensor[:, 1:] != IGNORE_INDEX).sum()),
+        sequence_starts=torch.tensor(starts, dtype=torch.int32),
+        max_sequence_length=max(lengths),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ class TrainingResult:
     adapter_dir: Path | None  # None when stopped: the checkpoint holds the adapter
     checkpoint_dir: Path | None
     results_csv: Path
+    compute_path: dict[str, Any] = field(default_factory=dict)  # attention, loss, kernels
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready fields (paths as strings)."""
@@ -94,6 +95,10 @@ def run_training(
         eval_data,
         tokenizer=loaded.tokenizer,
     )
+    run.compute = loaded.compute
+    logger.info("%s", run.compute.describe())
+    if hooks.on_message:
+        hooks.on_message(run.compute.describe())
     resume_from = latest_complete_checkpoint(paths.checkpoints_dir) if resume else None
     if resume_from is not None:
         restore_run(run, resume_from, paths)
@@ -123,6 +128,7 @@ def run_training(
         adapter_dir=adapter_dir,
         checkpoint_dir=last_checkpoint,
         results_csv=paths.results_csv,
+        compute_path=run.compute.as_dict(),
     )
 
 
@@ -225,7 +231,7 @@ def save_final_adapter(run: TrainingRun, tokenizer: Any, paths: TrainingPaths) -
         run.model,
         tokenizer,
         paths.adapter_dir,
-        build_provenance(run.config, paths, summary),
+        build_provenance(run.config, paths, summary, compute=run.compute.as_dict()),
         model_card(run.config, summary),
     )
 

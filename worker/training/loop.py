@@ -13,9 +13,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PreTrainedTokenizerBase
 
-from worker.training.batching import Batch, BatchPlan, collate, split_passes
+from worker.training.batching import Batch, BatchPlan, collate_padding_free
 from worker.training.config import TrainingConfig
-from worker.training.data import IGNORE_INDEX, TokenizedExample
+from worker.training.data import TokenizedExample
+from worker.training.kernels import ComputePath
+from worker.training.loss import LossOutput, causal_lm_loss
 from worker.training.models import inference_mode
 
 
@@ -71,6 +73,8 @@ class TrainingRun:
     state: TrainState = field(default_factory=TrainState)
     # Saved with every checkpoint's adapter; None only for runs built without one (benches).
     tokenizer: PreTrainedTokenizerBase | None = None
+    # The attention, loss and kernels the model was set up with (models.configure_compute).
+    compute: ComputePath = field(default_factory=lambda: ComputePath(attention="sdpa"))
 
     def training_objects(self) -> dict[str, Any]:
         """The objects whose state_dict a checkpoint stores, by file name."""
@@ -93,16 +97,11 @@ def build_scaler(config: TrainingConfig) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
-def token_losses(model: PeftModel, batch: Batch, run: TrainingRun) -> tuple[torch.Tensor, Any]:
-    """Summed cross-entropy over labelled tokens, and the shifted logits/labels for metrics."""
+def token_losses(batch: Batch, run: TrainingRun) -> LossOutput:
+    """Summed cross-entropy over the batch's labelled tokens, and its token accuracy counts."""
+    inputs = batch.model_inputs(run.config.device)
     with autocast(run.config):
-        logits = model(**batch.model_inputs(run.config.device), use_cache=False).logits
-    shifted_logits = logits[:, :-1].float().flatten(0, 1)
-    shifted_labels = batch.labels[:, 1:].to(logits.device).flatten()
-    loss = torch.nn.functional.cross_entropy(
-        shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss, (shifted_logits, shifted_labels)
+        return causal_lm_loss(run.model.get_base_model(), inputs, batch.labels, run.compute.loss)
 
 
 def step_micro_batches(run: TrainingRun, step: int) -> range:
@@ -115,20 +114,16 @@ def step_micro_batches(run: TrainingRun, step: int) -> range:
 def train_step(run: TrainingRun) -> StepOutput:
     """Forward/backward over the step's micro-batches, clip, optimizer and scheduler step."""
     indices = step_micro_batches(run, run.state.global_step)
-    batches = [
-        collate(run.examples, rows, run.pad_id, run.config.training.packing)
-        for i in indices
-        for rows in run.plan.passes(i)
-    ]
+    # One padding-free pass per micro-batch: its rows back to back, no padding.
+    batches = [collate_padding_free(run.examples, run.plan.micro_batch(i)) for i in indices]
     # Normalise by the step's trained tokens: every token weighs the same, whatever its batch.
     step_tokens = max(1, sum(batch.trained_tokens for batch in batches))
     total_loss, correct, counted = 0.0, 0, 0
     for batch in batches:
-        loss, (logits, labels) = token_losses(run.model, batch, run)
-        run.scaler.scale(loss / step_tokens).backward()
-        total_loss += loss.item()
-        batch_correct, batch_counted = count_correct(logits, labels)
-        correct, counted = correct + batch_correct, counted + batch_counted
+        output = token_losses(batch, run)
+        run.scaler.scale(output.loss / step_tokens).backward()
+        total_loss += output.loss.item()
+        correct, counted = correct + output.correct, counted + output.counted
     run.scaler.unscale_(run.optimizer)
     parameters = [p for p in run.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, run.config.training.max_grad_norm)
@@ -148,23 +143,14 @@ def train_step(run: TrainingRun) -> StepOutput:
 
 
 @torch.no_grad()
-def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """(labelled tokens whose next token the logits rank first, labelled tokens)."""
-    labelled = labels != IGNORE_INDEX
-    correct = int((logits.detach().argmax(-1)[labelled] == labels[labelled]).sum())
-    return correct, int(labelled.sum())
-
-
-@torch.no_grad()
 def evaluate(run: TrainingRun) -> tuple[float, float]:
     """Mean loss per labelled token and next-token accuracy on the whole validation set."""
     inference_mode(run.model)
     loss_sum, correct, count = 0.0, 0, 0
     for batch in run.eval_batches:
-        loss, (logits, labels) = token_losses(run.model, batch, run)
-        loss_sum += loss.item()
-        batch_correct, batch_count = count_correct(logits, labels)
-        correct, count = correct + batch_correct, count + batch_count
+        output = token_losses(batch, run)
+        loss_sum += output.loss.item()
+        correct, count = correct + output.correct, count + output.counted
     run.model.train()
     return loss_sum / max(1, count), correct / max(1, count)
 
@@ -172,14 +158,13 @@ def evaluate(run: TrainingRun) -> tuple[float, float]:
 def build_eval_batches(
     examples: list[TokenizedExample], batch_size: int, pad_id: int
 ) -> list[Batch]:
-    """Validation batches of similar lengths in a fixed order, each split into passes."""
+    """Validation batches of batch_size examples in a fixed order, each padding-free.
+
+    pad_id is unused (nothing is padded); kept so callers need not know.
+    """
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    return [
-        collate(examples, [(batch[at],) for at in group], pad_id, packing=False)
-        for batch in batches
-        for group in split_passes([len(examples[i].input_ids) for i in batch])
-    ]
+    return [collate_padding_free(examples, [(i,) for i in batch]) for batch in batches]
 
 
 def count_steps(plan: BatchPlan, config: TrainingConfig) -> tuple[int, int]:

@@ -49,6 +49,8 @@ class TrainingHooks:
     """
 
     on_metrics: Callable[[StepMetrics], None] | None = None
+    # A line for the job's events, e.g. which attention, loss and kernels the run uses.
+    on_message: Callable[[str], None] | None = None
     on_checkpoint: Callable[[int, Path, StepMetrics], None] | None = None
     should_stop: Callable[[], StopReason | None] | None = None
 

@@ -25,9 +25,11 @@ from transformers import (
 
 from app.architectures import unknown_target_message, unknown_target_module
 from app.catalog import CatalogEntry
+from worker.training.attention import set_attention
 from worker.training.builders import build_bnb_config, build_lora_config
 from worker.training.config import TrainingConfig
 from worker.training.errors import TrainingInputError
+from worker.training.kernels import ComputePath, apply_liger_kernels, choose_loss
 from worker.training.tiny import CHAT_TEMPLATE, ensure_tiny_model
 
 
@@ -38,6 +40,7 @@ class LoadedModel:
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
     model_dir: Path
+    compute: ComputePath
 
 
 def resolve_model_dir(entry: CatalogEntry, models_dir: Path) -> Path:
@@ -205,7 +208,20 @@ def load_model(
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(base)
     check_target_modules(base, config.lora.target_modules)
+    compute = configure_compute(base, config.device)
     model = get_peft_model(base, build_lora_config(config), revision=config.model.revision)
     if parent_adapter is not None:
         load_parent_adapter(model, parent_adapter, config.device)  # type: ignore[arg-type]
-    return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir)  # type: ignore[arg-type]
+    choose_loss(model.get_base_model(), compute, config.device)
+    return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir, compute=compute)  # type: ignore[arg-type]
+
+
+def configure_compute(base: PreTrainedModel, device: str) -> ComputePath:
+    """Attention for padding-free batches and, on CUDA, Liger's kernels; what was chosen.
+
+    Call before wrapping in LoRA, then `kernels.choose_loss` on the wrapped model's base
+    (whether the head trains is known only then).
+    """
+    compute = ComputePath(attention=set_attention(base, device))
+    apply_liger_kernels(base, compute, device)
+    return compute

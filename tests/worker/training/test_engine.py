@@ -275,3 +275,22 @@ def test_packing_takes_fewer_steps_for_the_same_trained_tokens(make_paths: MakeP
     assert unpacked.total_steps == 4
     assert packed.total_steps < unpacked.total_steps
     assert packed.trained_tokens == unpacked.trained_tokens
+
+
+def test_cpu_job_without_cuda_kernels_trains_and_says_which_path_ran(
+    make_paths: MakePaths,
+) -> None:
+    paths = make_paths()
+    messages: list[str] = []
+    seen: list[StepMetrics] = []
+    hooks = TrainingHooks(on_metrics=seen.append, on_message=messages.append)
+    result = run_training(build_config(max_steps=6), paths, hooks)
+    assert result.status == "completed" and seen[-1].train_loss < seen[0].train_loss
+    path = result.compute_path
+    assert path["attention"] == "loraforge_varlen_sdpa"
+    assert path["loss"] == "chunked_cross_entropy" and path["kernels"] == []
+    assert "Liger kernels are CUDA-only" in path["fallbacks"]
+    provenance = json.loads((paths.adapter_dir / "provenance.json").read_text())
+    assert provenance["compute_path"] == path
+    (line,) = messages
+    assert "attention loraforge_varlen_sdpa" in line and "loss chunked_cross_entropy" in line
