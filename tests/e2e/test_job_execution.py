@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.stacks import (
+    JOB_TIMEOUT_S,
     Stack,
     checkpoint_steps,
     create_job,
@@ -350,7 +351,8 @@ def test_pause_then_resume_continues_the_loss_curve(stack: Stack):
     before = dict(metric_steps(client, created["id"]))
     resumed = client.post(f"/fine_tuning/jobs/{created['id']}/resume").json()
     assert resumed["status"] in ("queued", "running")  # a fast worker may already have it
-    finished = wait_status(client, created["id"], "succeeded", "failed")
+    # The rest of PAUSE_STEPS takes longer than a plain job on a loaded 2-core machine.
+    finished = wait_status(client, created["id"], "succeeded", "failed", timeout=2 * JOB_TIMEOUT_S)
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["attempt"] == 2
     steps = metric_steps(client, created["id"])
