@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # What the trainer learns from; Alpaca and ShareGPT lines become chat.
-DatasetFormat = Literal["chat", "prompt_completion", "text"]
+# "preference": OpenAI's DPO pairs, which only DPO jobs train on.
+DatasetFormat = Literal["chat", "prompt_completion", "text", "preference"]
 # What a line was written in; the file object reports it as `converted_from` when not chat.
-SourceFormat = Literal["chat", "sharegpt", "alpaca", "prompt_completion", "text"]
+SourceFormat = Literal["chat", "sharegpt", "alpaca", "prompt_completion", "text", "preference"]
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -80,18 +81,25 @@ class Example:
     # Function definitions in OpenAI's shape ({"type": "function", "function": {...}}).
     tools: tuple[dict[str, Any], ...] = ()
     source: SourceFormat | None = None
+    # A preference pair: `messages` and `tools` are its input, these the two answers to it.
+    preferred: Message | None = None
+    non_preferred: Message | None = None
 
     @property
     def uses_tools(self) -> bool:
         """Whether rendering needs a chat template that writes tools or tool calls."""
         if self.tools:
             return True
-        return any(message.tool_calls or message.role == "tool" for message in self.messages)
+        answers = [m for m in (self.preferred, self.non_preferred) if m is not None]
+        return any(
+            message.tool_calls or message.role == "tool" for message in (*self.messages, *answers)
+        )
 
     @property
     def characters(self) -> int:
+        answers = [m for m in (self.preferred, self.non_preferred) if m is not None]
         return (
-            sum([m.characters for m in self.messages])
+            sum([m.characters for m in (*self.messages, *answers)])
             + len(self.prompt)
             + len(self.completion)
             + len(self.text)

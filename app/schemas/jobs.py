@@ -81,13 +81,14 @@ class JobCreate(StrictModel):
 
     def requested_hyperparameters(self) -> Hyperparameters:
         """The hyperparameters from `method` or, failing that, the deprecated top-level field."""
+        method = self.method or Method()
         if self.method is not None and self.hyperparameters is not None:
-            explicit = self.method.supervised.hyperparameters.model_fields_set
+            explicit = method.requested_hyperparameters().model_fields_set
             if explicit:
                 raise ValueError("give hyperparameters in method or at the top level, not both")
-        if self.hyperparameters is not None:
+        if self.hyperparameters is not None and method.type == "supervised":
             return self.hyperparameters
-        return (self.method or Method()).supervised.hyperparameters
+        return method.requested_hyperparameters()
 
 
 class JobError(BaseModel):

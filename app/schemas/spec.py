@@ -16,6 +16,10 @@ Auto = Literal["auto"]
 
 # QLoRA paper defaults (Dettmers et al. 2023, appendix B): lr 2e-4, max grad norm 0.3.
 DEFAULT_LEARNING_RATE = 2e-4
+# DPO moves a policy away from its reference by small steps: a tenth of the supervised rate
+# (TRL's and LLaMA-Factory's LoRA DPO examples sit at 5e-6..5e-5), and DPO's usual beta.
+DEFAULT_DPO_LEARNING_RATE = 2e-5
+DEFAULT_DPO_BETA = 0.1
 # OpenAI's auto-epoch rule: aim for 100..25,000 examples seen, 1..25 epochs.
 MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
@@ -55,10 +59,18 @@ class Hyperparameters(StrictModel):
     learning_rate_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Auto = "auto"
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones and beta, each may be "auto"."""
+
+    # How far the policy may move from its reference: OpenAI's bound, (0, 2].
+    beta: Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)] | Auto = "auto"
+
+
 class ResolvedHyperparameters(StrictModel):
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None  # DPO jobs only
 
 
 class LoraSpec(StrictModel):
@@ -104,9 +116,25 @@ class SupervisedMethod(StrictModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoMethod(StrictModel):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+MethodType = Literal["supervised", "dpo"]
+
+
 class Method(StrictModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
+    """OpenAI's `method`: supervised fine-tuning, or DPO on preference pairs."""
+
+    type: MethodType = "supervised"
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    def requested_hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters of the method's type (all "auto" when not given)."""
+        if self.type == "dpo":
+            return (self.dpo or DpoMethod()).hyperparameters
+        return (self.supervised or SupervisedMethod()).hyperparameters
 
 
 class ParentModel(StrictModel):
@@ -122,6 +150,7 @@ class ResolvedSpec(StrictModel):
 
     model: str  # the catalog base, also when the job continues a fine-tuned model
     seed: int
+    method: MethodType = "supervised"
     hyperparameters: ResolvedHyperparameters
     lora: LoraSpec
     quantization: QuantizationSpec
@@ -159,24 +188,32 @@ def resolve_spec(
     quantization: QuantizationSpec,
     training: TrainingSpec,
     parent: ParentModel | None = None,
+    method: MethodType = "supervised",
 ) -> ResolvedSpec:
-    """Fill in every "auto" from the dataset size and the QLoRA defaults."""
+    """Fill in every "auto" from the dataset size (for DPO, its pairs) and the defaults."""
+    base_rate = DEFAULT_DPO_LEARNING_RATE if method == "dpo" else DEFAULT_LEARNING_RATE
     multiplier = hyperparameters.learning_rate_multiplier
     if training.learning_rate != "auto":
         learning_rate = training.learning_rate
-        multiplier = learning_rate / DEFAULT_LEARNING_RATE
+        multiplier = learning_rate / base_rate
     else:
         multiplier = 1.0 if multiplier == "auto" else multiplier
-        learning_rate = DEFAULT_LEARNING_RATE * multiplier
+        learning_rate = base_rate * multiplier
+    beta = None
+    if method == "dpo":
+        requested = getattr(hyperparameters, "beta", "auto")
+        beta = DEFAULT_DPO_BETA if requested == "auto" else requested
     n_epochs = hyperparameters.n_epochs
     batch_size = hyperparameters.batch_size
     return ResolvedSpec(
         model=model,
         seed=seed,
+        method=method,
         hyperparameters=ResolvedHyperparameters(
             n_epochs=resolve_n_epochs(n_train_examples) if n_epochs == "auto" else n_epochs,
             batch_size=resolve_batch_size(n_train_examples) if batch_size == "auto" else batch_size,
             learning_rate_multiplier=multiplier,
+            beta=beta,
         ),
         lora=lora,
         quantization=quantization,
