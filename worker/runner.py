@@ -253,6 +253,10 @@ class JobRunner:
         )
         if metrics.valid_loss is not None:
             message += f", validation loss={metrics.valid_loss:.4f}"
+        if metrics.train_reward_margin is not None:
+            message += f", reward margin={metrics.train_reward_margin:.4f}"
+        if metrics.valid_preference_accuracy is not None:
+            message += f", validation preference accuracy={metrics.valid_preference_accuracy:.2f}"
         self.pending.append({"message": message, "data": data})
         self._flush(force=False)
 
@@ -272,6 +276,9 @@ class JobRunner:
             "full_valid_loss": metrics.full_valid_loss,
             "full_valid_mean_token_accuracy": metrics.full_valid_mean_token_accuracy,
         }
+        if metrics.train_reward_margin is not None:  # a DPO job's
+            values["full_valid_reward_margin"] = metrics.full_valid_reward_margin
+            values["full_valid_preference_accuracy"] = metrics.full_valid_preference_accuracy
         with self._fenced() as (session, job):
             existing = session.scalar(
                 select(Checkpoint).where(

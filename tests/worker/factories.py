@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from app.catalog import BUILTIN_MODELS, CatalogEntry
-from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec, resolve_spec
+from app.schemas.spec import (
+    DpoHyperparameters,
+    Hyperparameters,
+    LoraSpec,
+    MethodType,
+    QuantizationSpec,
+    TrainingSpec,
+    resolve_spec,
+)
 from worker.training.config import TrainingConfig
 
 TINY: CatalogEntry = BUILTIN_MODELS[0]
@@ -37,6 +45,28 @@ def chat_rows(repeat: int) -> list[dict[str, Any]]:
     ]
 
 
+# A wrong answer to each of FACTS: the pairs' non-preferred outputs.
+WRONG = ["The capital of France is Rome.", "Two plus three is nine.", "Good morning.", "Green."]
+
+
+def preference_rows(repeat: int) -> list[dict[str, Any]]:
+    """OpenAI's DPO lines: each fact's question, its answer preferred to a wrong one."""
+    return [
+        {
+            "input": {
+                "messages": [
+                    {"role": "system", "content": "You answer briefly."},
+                    {"role": "user", "content": question},
+                ]
+            },
+            "preferred_output": [{"role": "assistant", "content": answer}],
+            "non_preferred_output": [{"role": "assistant", "content": wrong}],
+        }
+        for _ in range(repeat)
+        for (question, answer), wrong in zip(FACTS, WRONG, strict=True)
+    ]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -47,15 +77,23 @@ def build_config(
     lora: dict[str, Any] | None = None,
     quantization: dict[str, Any] | None = None,
     n_examples: int = 16,
+    method: MethodType = "supervised",
+    beta: float = 0.1,
     **training: Any,
 ) -> TrainingConfig:
     """A resolved config for the tiny model with small, fast, test-sized defaults."""
     training = {"learning_rate": 1e-2, "max_steps": 12, "max_seq_length": 64, **training}
+    hyperparameters = (
+        DpoHyperparameters(n_epochs=1, batch_size=4, beta=beta)
+        if method == "dpo"
+        else Hyperparameters(n_epochs=1, batch_size=4)
+    )
     spec = resolve_spec(
         model=TINY.id,
         seed=7,
+        method=method,
         n_train_examples=n_examples,
-        hyperparameters=Hyperparameters(n_epochs=1, batch_size=4),
+        hyperparameters=hyperparameters,
         lora=LoraSpec(**{"r": 8, "alpha": 16, **(lora or {})}),
         quantization=QuantizationSpec(**(quantization or {})),
         training=TrainingSpec(**training),

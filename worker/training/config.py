@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from app.catalog import CatalogEntry
 from app.schemas.spec import (
+    DEFAULT_DPO_BETA,
     LoraSpec,
     QuantizationSpec,
     ResolvedSpec,
@@ -58,6 +59,11 @@ class TrainingConfig:
     @property
     def batch_size(self) -> int:
         return self.spec.hyperparameters.batch_size
+
+    @property
+    def beta(self) -> float:
+        """DPO's beta (its default for a spec that predates it)."""
+        return self.spec.hyperparameters.beta or DEFAULT_DPO_BETA
 
     @property
     def n_epochs(self) -> int:

@@ -29,7 +29,19 @@ from worker.training.checkpoint import (
 )
 from worker.training.config import TrainingConfig, TrainingPaths
 from worker.training.data import TokenizedDataset, load_dataset
+from worker.training.dpo import (
+    build_pair_plan,
+    disable_dropout,
+    dpo_evaluate,
+    dpo_train_step,
+    eval_pair_batches,
+    load_pairs,
+    prepare_references,
+    restore_references,
+    saved_references,
+)
 from worker.training.loop import (
+    DpoRun,
     TrainingRun,
     TrainState,
     build_eval_batches,
@@ -96,6 +108,9 @@ def run_training(
         tokenizer=loaded.tokenizer,
     )
     run.compute = loaded.compute
+    if config.spec.method == "dpo":
+        run.dpo = DpoRun(beta=config.beta, parent=paths.parent_adapter is not None)
+        disable_dropout(run.model)
     logger.info("%s", run.compute.describe())
     if hooks.on_message:
         hooks.on_message(run.compute.describe())
@@ -103,6 +118,8 @@ def run_training(
     if resume_from is not None:
         restore_run(run, resume_from, paths)
     resumed_from_step = run.state.global_step if resume_from is not None else None
+    if run.dpo is not None:
+        prepare_references(run, eval_data)
     started = time.perf_counter()
     stop_reason, last_checkpoint, tokens = train(run, paths, hooks, resume_from)
     runtime = time.perf_counter() - started
@@ -149,6 +166,10 @@ def load_data(
     training = config.training
 
     def load(path: Path, param: str) -> TokenizedDataset:
+        if config.spec.method == "dpo":
+            return load_pairs(
+                path, tokenizer, max_seq_length=training.max_seq_length, param=param
+            )
         return load_dataset(
             path,
             tokenizer,
@@ -178,18 +199,24 @@ def build_run(
 ) -> TrainingRun:
     """Batch plan, optimizer, scheduler and scaler around the model."""
     training = config.training
-    plan = build_plan(
-        train_data.examples,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        packing=training.packing,
-        max_seq_length=training.max_seq_length,
-    )
+    if config.spec.method == "dpo":  # a row is a pair; pairs are never packed together
+        plan = build_pair_plan(train_data.examples, batch_size=config.batch_size, seed=config.seed)
+        eval_batches = (
+            eval_pair_batches(eval_data.examples, config.batch_size) if eval_data else []
+        )
+    else:
+        plan = build_plan(
+            train_data.examples,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            packing=training.packing,
+            max_seq_length=training.max_seq_length,
+        )
+        eval_batches = (
+            build_eval_batches(eval_data.examples, config.batch_size, pad_id) if eval_data else []
+        )
     total_steps, total_micro_batches = count_steps(plan, config)
     optimizer = build_optimizer((p for p in model.parameters() if p.requires_grad), config)
-    eval_batches = (
-        build_eval_batches(eval_data.examples, config.batch_size, pad_id) if eval_data else []
-    )
     model.train()
     return TrainingRun(
         config=config,
@@ -213,6 +240,8 @@ def restore_run(run: TrainingRun, checkpoint: Path, paths: TrainingPaths) -> Non
     if saved["training_file_sha256"] != file_sha256(paths.train_file):
         raise RuntimeError(f"checkpoint {checkpoint} was trained on a different training file")
     run.state = TrainState.from_saved(saved["state"])
+    if run.dpo is not None and "reference" in saved:
+        restore_references(run, saved["reference"])
     logger.info("resumed from %s at step %d", checkpoint, run.state.global_step)
 
 
@@ -251,7 +280,7 @@ def train(
                 metrics = with_validation(run, metrics, valid=False, full=True)
                 last_checkpoint = save_step_checkpoint(run, paths, hooks, metrics)
             return stop_reason, last_checkpoint, tokens
-        output = train_step(run)
+        output = dpo_train_step(run) if run.dpo is not None else train_step(run)
         tokens += output.tokens
         update_state(run.state, output)
         elapsed = time.perf_counter() - started
@@ -304,6 +333,7 @@ def step_metrics(
         tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
         trained_tokens=state.trained_tokens,
         eta_seconds=(run.total_steps - state.global_step) * seconds_per_step,
+        **output.extra,
     )
 
 
@@ -315,13 +345,22 @@ def with_validation(
     valid_* and full_valid_* (a checkpoint's metrics, as OpenAI reports them)."""
     if not run.eval_batches or not (valid or full) or metrics.full_valid_loss is not None:
         return metrics
-    loss, accuracy = evaluate(run)
+    if run.dpo is not None:
+        loss, accuracy, preference = dpo_evaluate(run)
+    else:
+        (loss, accuracy), preference = evaluate(run), {}
     state = run.state
     state.valid_loss, state.valid_mean_token_accuracy = loss, accuracy
-    metrics = replace(metrics, valid_loss=loss, valid_mean_token_accuracy=accuracy)
+    metrics = replace(metrics, valid_loss=loss, valid_mean_token_accuracy=accuracy, **preference)
     if full:
         state.full_valid_loss, state.full_valid_mean_token_accuracy = loss, accuracy
         metrics = replace(metrics, full_valid_loss=loss, full_valid_mean_token_accuracy=accuracy)
+        if preference:
+            metrics = replace(
+                metrics,
+                full_valid_reward_margin=preference["valid_reward_margin"],
+                full_valid_preference_accuracy=preference["valid_preference_accuracy"],
+            )
     return metrics
 
 
@@ -334,6 +373,8 @@ def save_step_checkpoint(
         "training_file_sha256": file_sha256(paths.train_file),
         "total_steps": run.total_steps,
     }
+    if run.dpo is not None:
+        state["reference"] = saved_references(run)
     path = save_checkpoint(
         paths.checkpoints_dir,
         run.state.global_step,

@@ -52,6 +52,19 @@ class StepOutput:
     grad_norm: float
     tokens: int
     trained_tokens: int
+    # A DPO step's rewards, margin and preference accuracy (train_*); none for supervised.
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DpoRun:
+    """What a DPO run adds: beta and the reference log-probs of every training and
+    validation sequence (dpo.py), computed before the first step."""
+
+    beta: float
+    parent: bool  # the reference is the parent's adapter, not the bare base
+    references: torch.Tensor | None = None  # (training examples,)
+    eval_references: list[torch.Tensor] = field(default_factory=list)  # one per eval batch
 
 
 @dataclass
@@ -75,6 +88,7 @@ class TrainingRun:
     tokenizer: PreTrainedTokenizerBase | None = None
     # The attention, loss and kernels the model was set up with (models.configure_compute).
     compute: ComputePath = field(default_factory=lambda: ComputePath(attention="sdpa"))
+    dpo: DpoRun | None = None  # set for DPO jobs
 
     def training_objects(self) -> dict[str, Any]:
         """The objects whose state_dict a checkpoint stores, by file name."""
@@ -124,6 +138,19 @@ def train_step(run: TrainingRun) -> StepOutput:
         run.scaler.scale(output.loss / step_tokens).backward()
         total_loss += output.loss.item()
         correct, counted = correct + output.correct, counted + output.counted
+    grad_norm, lr = optimizer_step(run)
+    return StepOutput(
+        loss=total_loss / step_tokens,
+        token_accuracy=correct / max(1, counted),
+        lr=lr,
+        grad_norm=grad_norm,
+        tokens=sum(batch.tokens for batch in batches),
+        trained_tokens=sum(batch.trained_tokens for batch in batches),
+    )
+
+
+def optimizer_step(run: TrainingRun) -> tuple[float, float]:
+    """Clip, step the optimizer, scaler and scheduler; (grad norm before clipping, lr used)."""
     run.scaler.unscale_(run.optimizer)
     parameters = [p for p in run.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, run.config.training.max_grad_norm)
@@ -132,14 +159,7 @@ def train_step(run: TrainingRun) -> StepOutput:
     run.scaler.update()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return StepOutput(
-        loss=total_loss / step_tokens,
-        token_accuracy=correct / max(1, counted),
-        lr=lr,
-        grad_norm=float(grad_norm),
-        tokens=sum(batch.tokens for batch in batches),
-        trained_tokens=sum(batch.trained_tokens for batch in batches),
-    )
+    return float(grad_norm), lr
 
 
 @torch.no_grad()

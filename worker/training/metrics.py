@@ -34,10 +34,29 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # DPO jobs: train_loss is the DPO loss, the token accuracy that of the preferred answers,
+    # and these are means per pair of beta-scaled log-ratios to the reference (dpo.py).
+    train_rewards_chosen: float | None = None
+    train_rewards_rejected: float | None = None
+    train_reward_margin: float | None = None
+    train_preference_accuracy: float | None = None  # share of pairs whose chosen reward wins
+    valid_rewards_chosen: float | None = None
+    valid_rewards_rejected: float | None = None
+    valid_reward_margin: float | None = None
+    valid_preference_accuracy: float | None = None
+    full_valid_reward_margin: float | None = None
+    full_valid_preference_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
-        """Plain JSON-ready values, e.g. for a job_event row."""
-        return asdict(self)
+        """Plain JSON-ready values, e.g. for a job_event row; a supervised step's has no
+        DPO names."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if v is not None or k not in DPO_FIELDS}
+
+
+DPO_FIELDS = frozenset(
+    f.name for f in fields(StepMetrics) if "reward" in f.name or "preference" in f.name
+)
 
 
 @dataclass
