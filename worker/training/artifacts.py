@@ -93,7 +93,7 @@ def model_card(config: TrainingConfig, summary: dict[str, Any]) -> str:
             "---",
             f"base_model: {base}",
             "library_name: peft",
-            "tags: [loraforge, lora, qlora]",
+            f"tags: [loraforge, lora, qlora{', dpo' if spec.method == 'dpo' else ''}]",
             "---",
             "",
             f"# LoRA adapter for {config.model.id}",
@@ -101,6 +101,14 @@ def model_card(config: TrainingConfig, summary: dict[str, Any]) -> str:
             f"Trained with loraforge ({method}: quantization bits={quantization.bits}, "
             f"{quantization.quant_type}, double_quant={quantization.double_quant}).",
             "",
+            *(
+                [
+                    f"- DPO on preference pairs: beta={spec.hyperparameters.beta}, reference = "
+                    "the model as training started (dropout off)"
+                ]
+                if spec.method == "dpo"
+                else []
+            ),
             f"- LoRA: r={spec.lora.r}, lora_alpha={spec.lora.alpha}, "
             f"dropout={spec.lora.dropout}, target_modules={spec.lora.target_modules}",
             f"- epochs={spec.hyperparameters.n_epochs}, "

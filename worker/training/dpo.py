@@ -198,7 +198,9 @@ def pair_rows(examples: Sequence[TokenizedExample]) -> list[Row]:
     return [(index, index + 1) for index in range(0, len(examples), PAIR)]
 
 
-def build_pair_plan(examples: Sequence[TokenizedExample], *, batch_size: int, seed: int) -> BatchPlan:
+def build_pair_plan(
+    examples: Sequence[TokenizedExample], *, batch_size: int, seed: int
+) -> BatchPlan:
     """batch_size pairs per micro-batch, in the same per-epoch order as supervised rows."""
     rows = pair_rows(examples)
     lengths = [sum(len(examples[i].input_ids) for i in row) for row in rows]
@@ -265,9 +267,16 @@ def sequence_logps(model: Any, batch: Batch, device: str) -> PairLogps:
     logps, right = token_logps(model.get_output_embeddings(), hidden, labels)
     # Position j predicts token j + 1, which belongs to the sequence whose start precedes it.
     starts = batch.sequence_starts.to(hidden.device).long()
-    owner = torch.bucketize(torch.arange(1, labels.shape[0] + 1, device=hidden.device), starts, right=True) - 1
+    owner = (
+        torch.bucketize(
+            torch.arange(1, labels.shape[0] + 1, device=hidden.device), starts, right=True
+        )
+        - 1
+    )
     sequences = starts.shape[0] - 1
-    sums = torch.zeros(sequences, dtype=logps.dtype, device=hidden.device).index_add(0, owner, logps)
+    sums = torch.zeros(sequences, dtype=logps.dtype, device=hidden.device).index_add(
+        0, owner, logps
+    )
     chosen = (owner % PAIR == 0) & (labels != IGNORE_INDEX)
     return PairLogps(sums, int(right[chosen].sum()), int(chosen.sum()))
 

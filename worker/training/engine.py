@@ -7,7 +7,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import set_seed
@@ -167,9 +167,7 @@ def load_data(
 
     def load(path: Path, param: str) -> TokenizedDataset:
         if config.spec.method == "dpo":
-            return load_pairs(
-                path, tokenizer, max_seq_length=training.max_seq_length, param=param
-            )
+            return load_pairs(path, tokenizer, max_seq_length=training.max_seq_length, param=param)
         return load_dataset(
             path,
             tokenizer,
@@ -201,9 +199,7 @@ def build_run(
     training = config.training
     if config.spec.method == "dpo":  # a row is a pair; pairs are never packed together
         plan = build_pair_plan(train_data.examples, batch_size=config.batch_size, seed=config.seed)
-        eval_batches = (
-            eval_pair_batches(eval_data.examples, config.batch_size) if eval_data else []
-        )
+        eval_batches = eval_pair_batches(eval_data.examples, config.batch_size) if eval_data else []
     else:
         plan = build_plan(
             train_data.examples,
@@ -351,7 +347,8 @@ def with_validation(
         (loss, accuracy), preference = evaluate(run), {}
     state = run.state
     state.valid_loss, state.valid_mean_token_accuracy = loss, accuracy
-    metrics = replace(metrics, valid_loss=loss, valid_mean_token_accuracy=accuracy, **preference)
+    metrics = replace(metrics, valid_loss=loss, valid_mean_token_accuracy=accuracy)
+    metrics = replace(metrics, **cast(dict[str, Any], preference))
     if full:
         state.full_valid_loss, state.full_valid_mean_token_accuracy = loss, accuracy
         metrics = replace(metrics, full_valid_loss=loss, full_valid_mean_token_accuracy=accuracy)

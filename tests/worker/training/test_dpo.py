@@ -3,6 +3,9 @@ taken from the same model with its adapter disabled."""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from app.datasets import Example, Message
-from tests.worker.factories import FACTS, WRONG, build_config
+from app.datasets import Example, Message, read_examples
+from tests.worker.factories import FACTS, WRONG, build_config, preference_rows, write_jsonl
+from tests.worker.training.test_engine import StopAfter
 from worker.training.batching import collate_padding_free
 from worker.training.data import IGNORE_INDEX, TokenizedExample
 from worker.training.dpo import (
@@ -22,6 +26,8 @@ from worker.training.dpo import (
     tokenize_pair,
     tokenize_pairs,
 )
+from worker.training.engine import run_training
+from worker.training.metrics import StepMetrics, TrainingHooks, read_results
 from worker.training.models import load_model
 
 pytestmark = pytest.mark.slow
@@ -154,7 +160,11 @@ def test_a_pair_trains_only_its_answer(tokenizer: Any) -> None:
     )
     chosen, rejected = tokenize_pair(tokenizer, example)
     for tokenized, answer in ((chosen, "Five."), (rejected, "Nine.")):
-        trained = [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != -100]
+        trained = [
+            t
+            for t, label in zip(tokenized.input_ids, tokenized.labels, strict=True)
+            if label != -100
+        ]
         text = tokenizer.decode(trained)
         # The answer and its end of turn; never the input's earlier assistant turn.
         assert text.startswith(answer) and "think" not in text
@@ -178,7 +188,9 @@ def test_the_reference_is_the_model_with_its_adapter_disabled(models_dir: Path) 
     loaded = perturbed_model(models_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     examples = tokenize_pairs(
-        tokenizer, [pair_example(q, a, w) for (q, a), w in zip(FACTS, WRONG)], max_seq_length=64
+        tokenizer,
+        [pair_example(q, a, w) for (q, a), w in zip(FACTS, WRONG, strict=True)],
+        max_seq_length=64,
     ).examples
     reference = reference_logps(model, examples, 2, "cpu", parent=False)
     parent = reference_logps(model, examples, 2, "cpu", parent=True)
@@ -192,3 +204,96 @@ def test_the_reference_is_the_model_with_its_adapter_disabled(models_dir: Path) 
             assert float(reference[index]) == pytest.approx(expected, abs=1e-4)
     # With the adapter on (a parent's), the numbers differ: the adapter was moved off zero.
     assert float((reference - parent).abs().max()) > 1e-3
+
+
+# --- whole runs -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "pairs.jsonl", preference_rows(repeat=4))
+
+
+@pytest.fixture
+def pairs_validation(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "pairs-valid.jsonl", preference_rows(repeat=1))
+
+
+def dpo_config(**training: Any) -> Any:
+    values = {"learning_rate": 5e-3, "max_steps": 12, "eval_every_steps": 4, **training}
+    return build_config(method="dpo", beta=0.5, **values)
+
+
+def test_a_dpo_run_learns_the_preference_and_reports_it(
+    make_paths: Any, pairs_file: Path, pairs_validation: Path
+) -> None:
+    paths = make_paths(train_file=pairs_file, validation_file=pairs_validation)
+    seen: list[StepMetrics] = []
+    result = run_training(dpo_config(), paths, TrainingHooks(on_metrics=seen.append))
+    assert (result.status, result.global_step) == ("completed", 12)
+    first, last = seen[0], seen[-1]
+    # Step 1 is taken at the reference itself: no margin, the loss is log 2.
+    assert first.train_loss == pytest.approx(math.log(2), abs=1e-5)
+    assert first.train_reward_margin == pytest.approx(0.0, abs=1e-5)
+    assert last.train_loss < 0.5 * math.log(2)
+    assert last.train_reward_margin is not None and last.train_reward_margin > 1.0
+    evaluated = [m for m in seen if m.valid_preference_accuracy is not None]
+    assert [m.step for m in evaluated] == [4, 8, 12]
+    assert evaluated[-1].valid_preference_accuracy == 1.0
+    assert evaluated[-1].valid_reward_margin > evaluated[0].valid_reward_margin > 0  # type: ignore[operator]
+    assert last.full_valid_preference_accuracy == 1.0
+    # The reward means are what the margin is the difference of.
+    assert last.train_rewards_chosen - last.train_rewards_rejected == pytest.approx(  # type: ignore[operator]
+        last.train_reward_margin
+    )
+    rows = read_results(paths.results_csv)
+    assert rows[-1]["train_preference_accuracy"] and rows[-1]["valid_reward_margin"]
+    provenance = json.loads((paths.adapter_dir / "provenance.json").read_text())
+    assert provenance["resolved_spec"]["method"] == "dpo"
+    assert provenance["resolved_spec"]["hyperparameters"]["beta"] == 0.5
+
+
+def test_a_resumed_dpo_run_continues_exactly(
+    make_paths: Any, pairs_file: Path, pairs_validation: Path
+) -> None:
+    config = dpo_config(max_steps=8, checkpoint_every_steps=3, gradient_accumulation_steps=2)
+    straight = run_training(
+        config, make_paths("straight", train_file=pairs_file, validation_file=pairs_validation)
+    )
+    paths = make_paths("resumed", train_file=pairs_file, validation_file=pairs_validation)
+    stopper = StopAfter(5)
+    stopped = run_training(config, paths, stopper.hooks())
+    assert (stopped.status, stopped.global_step) == ("stopped", 5)
+    saved = json.loads((paths.checkpoints_dir / "step-5" / "trainer_state.json").read_text())
+    assert len(saved["reference"]["train"]) == 2 * len(preference_rows(repeat=4))
+    resumed = run_training(config, paths)
+    assert resumed.resumed_from_step == 5
+    columns = ["train_loss", "train_reward_margin", "valid_preference_accuracy", "lr"]
+    for column in columns:
+        expected = [r[column] for r in read_results(straight.results_csv)]
+        got = [r[column] for r in read_results(resumed.results_csv)]
+        assert [float(v) if v else None for v in got] == pytest.approx(
+            [float(v) if v else None for v in expected], abs=1e-5
+        ), column
+
+
+def test_dpo_on_a_parent_takes_the_parent_as_its_reference(
+    make_paths: Any, pairs_file: Path, tmp_path: Path
+) -> None:
+    """Supervised, then DPO from its adapter: step 1 of the DPO run is at its reference (the
+    parent, not the bare base), so its loss is exactly log 2 though the parent has moved."""
+    supervised = run_training(build_config(max_steps=6), make_paths("sft"))
+    assert supervised.adapter_dir is not None
+    parent = supervised.adapter_dir / "adapter_model.safetensors"
+    paths = replace(make_paths("dpo", train_file=pairs_file), parent_adapter=parent)
+    seen: list[StepMetrics] = []
+    run_training(dpo_config(max_steps=2), paths, TrainingHooks(on_metrics=seen.append))
+    assert seen[0].train_loss == pytest.approx(math.log(2), abs=1e-5)
+    # Against the bare base the parent's answers already differ: the reference matters.
+    loaded = load_model(dpo_config(), paths.models_dir, parent_adapter=parent)
+    examples = tokenize_pairs(
+        loaded.tokenizer, read_examples(pairs_file), max_seq_length=64
+    ).examples
+    base = reference_logps(loaded.model, examples, 4, "cpu", parent=False)
+    moved = reference_logps(loaded.model, examples, 4, "cpu", parent=True)
+    assert float((base - moved).abs().max()) > 1e-2
