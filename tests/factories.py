@@ -51,6 +51,21 @@ def chat_dataset(n: int = 12) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def preference_line(question: str, preferred: str, non_preferred: str) -> dict[str, Any]:
+    """One OpenAI preference (DPO) pair."""
+    return {
+        "input": {"messages": [{"role": "user", "content": question}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def preference_dataset(n: int = 12) -> bytes:
+    """`n` valid preference pairs as JSONL bytes."""
+    rows = [preference_line(f"What is {i} plus one?", f"{i + 1}.", "No idea.") for i in range(n)]
+    return jsonl(*rows)
+
+
 def jsonl(*rows: Any) -> bytes:
     return ("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n").encode()
 

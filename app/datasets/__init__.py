@@ -5,8 +5,10 @@
 - alpaca: {"instruction", "input"?, "output", "system"?}, converted to chat
 - prompt_completion: {"prompt": str, "completion": str}
 - text: {"text": str}
+- preference: {"input": {"messages", "tools"?}, "preferred_output": [msg],
+  "non_preferred_output": [msg]} (OpenAI's DPO pairs; only DPO jobs take them)
 
-formats.py knows them, chat.py and converted.py parse them, reading.py reads files.
+formats.py knows them, chat.py, converted.py and preference.py parse them, reading.py reads files.
 """
 
 from app.datasets.examples import (

@@ -135,9 +135,10 @@ def _content(raw: dict[str, Any], line: int, where: str, optional: bool) -> str 
 
 
 def parse_message(
-    raw: object, line: int, index: int, call_ids: set[str]
+    raw: object, line: int, index: int, call_ids: set[str], field: str = "messages"
 ) -> Message | list[Problem]:
-    """One message; `call_ids` holds the tool call ids of the messages before it."""
+    """One message, item `index` of `field`; `call_ids` holds the tool call ids of the
+    messages before it."""
     # The common message (no tools, nothing wrong) on a short path: uploads are validated
     # line by line, and the full checks below cost a third of the throughput.
     if isinstance(raw, dict) and PLAIN_KEYS.issuperset(raw):
@@ -155,14 +156,14 @@ def parse_message(
             )
         ):
             return Message(role, content, weight, name)  # type: ignore[arg-type]
-    return _parse_message(raw, line, index, call_ids)
+    return _parse_message(raw, line, index, call_ids, field)
 
 
 def _parse_message(
-    raw: object, line: int, index: int, call_ids: set[str]
+    raw: object, line: int, index: int, call_ids: set[str], field: str
 ) -> Message | list[Problem]:
     """parse_message's every check, each failure with its own problem."""
-    where = f"messages[{index}]"
+    where = f"{field}[{index}]"
     if not isinstance(raw, dict):
         return problem(line, where, "invalid_message", "each message must be a JSON object")
     key = unknown_key(raw, MESSAGE_KEYS)
@@ -242,7 +243,7 @@ def parse_tools(raw: object, line: int, field: str) -> tuple[dict[str, Any], ...
     tools: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         where = f"{field}[{index}]"
-        if field == "tools":
+        if not field.endswith("functions"):  # tools wrap each function in {"type", "function"}
             if not isinstance(item, dict):
                 return problem(line, where, "invalid_tools", "each tool must be an object")
             key = unknown_key(item, TOOL_KEYS)
@@ -283,7 +284,7 @@ def parse_messages(
     messages: list[Message] = []
     call_ids: set[str] = set()
     for index, raw in enumerate(raw_messages):
-        parsed = parse_message(raw, line, index, call_ids)
+        parsed = parse_message(raw, line, index, call_ids, field)
         if isinstance(parsed, list):
             return parsed
         if parsed.tool_calls:
@@ -316,10 +317,25 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example | list[Problem]:
     messages = parse_messages(obj["messages"], line)
     if isinstance(messages, list):
         return messages
+    tools = parse_tool_options(obj, line, messages)
+    if isinstance(tools, list):
+        return tools
+    problems = check_conversation(messages, line, "messages")
+    if problems:
+        return problems
+    return Example(format="chat", messages=messages, tools=tools, source="chat")
+
+
+def parse_tool_options(
+    obj: dict[str, Any], line: int, messages: tuple[Message, ...], where: str = ""
+) -> tuple[dict[str, Any], ...] | list[Problem]:
+    """The tools (or legacy functions) of `obj`, whose `messages` respect its
+    parallel_tool_calls; `where` is the path to `obj` in its line ("" at the top)."""
+    prefix = f"{where}." if where else ""
     tools: tuple[dict[str, Any], ...] = ()
     for field in ("tools", "functions"):
         if obj.get(field) is not None:
-            parsed = parse_tools(obj[field], line, field)
+            parsed = parse_tools(obj[field], line, f"{prefix}{field}")
             if isinstance(parsed, list):
                 return parsed
             tools += parsed
@@ -327,7 +343,7 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example | list[Problem]:
     if parallel is not None and not isinstance(parallel, bool):
         return problem(
             line,
-            "parallel_tool_calls",
+            f"{prefix}parallel_tool_calls",
             "invalid_field_type",
             "parallel_tool_calls must be a boolean",
         )
@@ -336,11 +352,8 @@ def parse_chat(obj: dict[str, Any], line: int) -> Example | list[Problem]:
             if len(message.tool_calls) > 1:
                 return problem(
                     line,
-                    f"messages[{index}].tool_calls",
+                    f"{prefix}messages[{index}].tool_calls",
                     "too_many_tool_calls",
                     "parallel_tool_calls is false, so a message may make one tool call only",
                 )
-    problems = check_conversation(messages, line, "messages")
-    if problems:
-        return problems
-    return Example(format="chat", messages=messages, tools=tools, source="chat")
+    return tools

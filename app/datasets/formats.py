@@ -2,7 +2,7 @@
 
 A format is known by its signature keys (any one present picks it, first format first) and
 allows a fixed set of top-level keys; a key outside that set is refused, as a message's
-unknown key is. A new format (preference pairs, say) is one more entry in FORMATS.
+unknown key is. A new format is one more entry in FORMATS.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from app.datasets.chat import CHAT_KEYS, parse_chat, unknown_key, unknown_key_problem
 from app.datasets.converted import ALPACA_KEYS, SHAREGPT_KEYS, parse_alpaca, parse_sharegpt
 from app.datasets.examples import Example, Problem, SourceFormat, problem
+from app.datasets.preference import PREFERENCE_KEYS, parse_preference
 
 # Only the first keys of a line are named or compared: a line may hold thousands.
 KEYS_COMPARED = 20
@@ -53,6 +54,13 @@ FORMATS: tuple[Format, ...] = (
     Format("chat", ("messages",), CHAT_KEYS, parse_chat),
     Format("sharegpt", ("conversations",), SHAREGPT_KEYS, parse_sharegpt),
     Format("alpaca", ("instruction", "output"), ALPACA_KEYS, parse_alpaca),
+    # After alpaca, whose lines may also have an "input".
+    Format(
+        "preference",
+        ("input", "preferred_output", "non_preferred_output"),
+        PREFERENCE_KEYS,
+        parse_preference,
+    ),
     Format(
         "prompt_completion",
         ("prompt", "completion"),
