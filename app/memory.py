@@ -199,9 +199,18 @@ def optimizer_bytes_per_param(spec: ResolvedSpec) -> int:
     return 2 if spec.training.optimizer in ("paged_adamw_8bit", "adamw_8bit") else 8
 
 
+def sequences_per_step(spec: ResolvedSpec) -> int:
+    """Sequences one micro-batch runs forward and backward: a DPO pair is two, the preferred
+    and the other answer, each after the input. DPO's reference pass (the base without LoRA,
+    under no_grad) keeps nothing for backward and is done before the policy's pass, so it
+    adds no peak of its own."""
+    pairs_or_examples = spec.hyperparameters.batch_size
+    return 2 * pairs_or_examples if spec.method == "dpo" else pairs_or_examples
+
+
 def activation_bytes(spec: ResolvedSpec, shape: ModelShape) -> int:
     """Activations kept for backward for one micro-batch, plus the logits."""
-    tokens = spec.hyperparameters.batch_size * spec.training.max_seq_length
+    tokens = sequences_per_step(spec) * spec.training.max_seq_length
     if compute_bytes(spec) == 4:
         per_token_block = (
             ACTIVATION_BYTES_PER_HIDDEN_FP32 * shape.hidden_size

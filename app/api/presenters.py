@@ -17,8 +17,12 @@ from app.schemas.jobs import (
     EventPublic,
     JobError,
     JobPublic,
+    DpoHyperparametersPublic,
+    DpoPublic,
     MethodPublic,
+    SupervisedHyperparametersPublic,
     SupervisedPublic,
+    hyperparameters_public,
 )
 from app.schemas.spec import ResolvedSpec
 from app.schemas.uploads import UploadPartPublic, UploadPublic
@@ -89,17 +93,27 @@ def upload_part_public(part: UploadPart) -> UploadPartPublic:
     )
 
 
+def method_public(
+    hyperparameters: DpoHyperparametersPublic | SupervisedHyperparametersPublic,
+) -> MethodPublic:
+    """OpenAI's `method` of a job: its type and, under that type, its hyperparameters."""
+    if isinstance(hyperparameters, DpoHyperparametersPublic):
+        return MethodPublic(type="dpo", dpo=DpoPublic(hyperparameters=hyperparameters))
+    return MethodPublic(supervised=SupervisedPublic(hyperparameters=hyperparameters))
+
+
 def job_public(job: Job | Row[Any]) -> JobPublic:
     """A job from its ORM object or from a row of `get_job_row`."""
     spec = ResolvedSpec.model_validate(job.spec)
+    hyperparameters = hyperparameters_public(spec)
     return JobPublic(
         id=job.id,
         created_at=unix(job.created_at) or 0,
         error=JobError.model_validate(job.error) if job.error else None,
         fine_tuned_model=job.fine_tuned_model,
         finished_at=unix(job.finished_at),
-        hyperparameters=spec.hyperparameters,
-        method=MethodPublic(supervised=SupervisedPublic(hyperparameters=spec.hyperparameters)),
+        hyperparameters=hyperparameters,
+        method=method_public(hyperparameters),
         # what the job was asked to continue, as OpenAI shows it; job.model is its base
         model=spec.parent.model if spec.parent else job.model,
         organization_id=job.organization_id,

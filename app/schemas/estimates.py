@@ -6,13 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from app.schemas.jobs import JobError
-from app.schemas.spec import (
-    LoraSpec,
-    QuantizationSpec,
-    ResolvedHyperparameters,
-    ResolvedTrainingSpec,
-)
+from app.schemas.jobs import DpoHyperparametersPublic, JobError, SupervisedHyperparametersPublic
+from app.schemas.spec import LoraSpec, MethodType, QuantizationSpec, ResolvedTrainingSpec
 
 
 class MemoryBreakdown(BaseModel):
@@ -33,7 +28,8 @@ class MemoryBreakdown(BaseModel):
 class EstimatePublic(BaseModel):
     object: Literal["fine_tuning.estimate"] = "fine_tuning.estimate"
     model: str
-    hyperparameters: ResolvedHyperparameters
+    method: MethodType = "supervised"
+    hyperparameters: DpoHyperparametersPublic | SupervisedHyperparametersPublic
     lora: LoraSpec
     quantization: QuantizationSpec
     training: ResolvedTrainingSpec

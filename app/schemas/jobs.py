@@ -13,8 +13,8 @@ from app.schemas.spec import (
     Hyperparameters,
     LoraSpec,
     Method,
+    MethodType,
     QuantizationSpec,
-    ResolvedHyperparameters,
     ResolvedTrainingSpec,
     StrictModel,
     TrainingSpec,
@@ -82,11 +82,16 @@ class JobCreate(StrictModel):
     def requested_hyperparameters(self) -> Hyperparameters:
         """The hyperparameters from `method` or, failing that, the deprecated top-level field."""
         method = self.method or Method()
+        if method.type == "dpo" and self.hyperparameters is not None:
+            raise ValueError(
+                "the top-level hyperparameters (deprecated) are for supervised jobs; give a DPO "
+                "job's in method.dpo.hyperparameters"
+            )
         if self.method is not None and self.hyperparameters is not None:
             explicit = method.requested_hyperparameters().model_fields_set
             if explicit:
                 raise ValueError("give hyperparameters in method or at the top level, not both")
-        if self.hyperparameters is not None and method.type == "supervised":
+        if self.hyperparameters is not None:
             return self.hyperparameters
         return method.requested_hyperparameters()
 
@@ -97,13 +102,46 @@ class JobError(BaseModel):
     param: str | None = None
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class SupervisedHyperparametersPublic(BaseModel):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class DpoHyperparametersPublic(SupervisedHyperparametersPublic):
+    beta: float
+
+
+def hyperparameters_public(
+    spec: ResolvedSpec,
+) -> DpoHyperparametersPublic | SupervisedHyperparametersPublic:
+    """The resolved hyperparameters of the job's method: beta only for DPO."""
+    if spec.method == "dpo":
+        return DpoHyperparametersPublic.model_validate(spec.hyperparameters.model_dump())
+    return SupervisedHyperparametersPublic.model_validate(
+        spec.hyperparameters.model_dump(exclude={"beta"})
+    )
+
+
 class SupervisedPublic(BaseModel):
-    hyperparameters: ResolvedHyperparameters
+    hyperparameters: SupervisedHyperparametersPublic
+
+
+class DpoPublic(BaseModel):
+    hyperparameters: DpoHyperparametersPublic
 
 
 class MethodPublic(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedPublic
+    """OpenAI's `method`: its type, and the resolved hyperparameters under that type's key
+    (the other key is left out, as OpenAI leaves it out)."""
+
+    type: MethodType = "supervised"
+    supervised: Annotated[SupervisedPublic | None, Field(exclude_if=_absent)] = None
+    dpo: Annotated[DpoPublic | None, Field(exclude_if=_absent)] = None
 
 
 class JobPublic(BaseModel):
@@ -113,7 +151,8 @@ class JobPublic(BaseModel):
     error: JobError | None
     fine_tuned_model: str | None
     finished_at: int | None
-    hyperparameters: ResolvedHyperparameters
+    # Deprecated by OpenAI for `method`; beta shows only on DPO jobs.
+    hyperparameters: DpoHyperparametersPublic | SupervisedHyperparametersPublic
     method: MethodPublic
     model: str
     organization_id: str
@@ -154,6 +193,10 @@ class CheckpointMetrics(BaseModel):
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # DPO jobs: the share of validation pairs whose preferred output the model ranks higher,
+    # and the mean of beta * (its log-ratio to the reference minus the other's).
+    full_valid_preference_accuracy: float | None = None
+    full_valid_reward_margin: float | None = None
 
 
 class CheckpointPublic(BaseModel):

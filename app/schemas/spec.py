@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Auto = Literal["auto"]
 
@@ -129,6 +129,16 @@ class Method(StrictModel):
     type: MethodType = "supervised"
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+
+    @model_validator(mode="after")
+    def _only_its_type(self) -> Method:
+        other = "supervised" if self.type == "dpo" else "dpo"
+        if getattr(self, other) is not None:
+            raise ValueError(
+                f"method.type is {self.type!r}, so its hyperparameters go in method.{self.type}, "
+                f"not method.{other}"
+            )
+        return self
 
     def requested_hyperparameters(self) -> Hyperparameters:
         """The hyperparameters of the method's type (all "auto" when not given)."""

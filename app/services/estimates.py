@@ -8,7 +8,7 @@ from app.config import Settings
 from app.errors import InvalidRequest
 from app.memory import estimate_memory, lora_param_count
 from app.schemas.estimates import EstimatePublic, MemoryBreakdown
-from app.schemas.jobs import JobCreate, JobError
+from app.schemas.jobs import JobCreate, JobError, hyperparameters_public
 from app.schemas.spec import ResolvedSpec
 from app.services.capacity import route
 from app.services.jobs import resolve_request
@@ -50,7 +50,8 @@ def estimate_job(
         queue, error = None, JobError(code=exc.code, message=exc.message, param=exc.param)
     return EstimatePublic(
         model=spec.model,
-        hyperparameters=spec.hyperparameters,
+        method=spec.method,
+        hyperparameters=hyperparameters_public(spec),
         lora=spec.lora,
         quantization=spec.quantization,
         training=spec.training,

@@ -38,7 +38,7 @@ from app.errors import (
 )
 from app.queue import TASK_RUN_JOB, Enqueuer, try_send
 from app.schemas.jobs import JobCreate, MetadataFilter
-from app.schemas.spec import ResolvedSpec, resolve_spec
+from app.schemas.spec import MethodType, ResolvedSpec, resolve_spec
 from app.services.capacity import route
 from app.services.events import add_event, insert_messages
 from app.services.integrations import stored_integrations
@@ -92,6 +92,25 @@ def _tenant_file(session: Session, organization_id: str, file_id: str, param: st
     return record
 
 
+# Which dataset format each method trains on.
+METHOD_FORMATS = {"supervised": "chat, prompt_completion or text", "dpo": "preference"}
+
+
+def check_file_format(stats: dict[str, Any], method: MethodType, param: str) -> None:
+    """400 invalid_file_format when the file's format is not the one the method trains on:
+    DPO learns from preference pairs only, supervised fine-tuning from anything else."""
+    is_preference = stats.get("format") == "preference"
+    if is_preference == (method == "dpo"):
+        return
+    raise InvalidRequest(
+        f"the {param} is in the {stats.get('format')} format, but a {method} job trains on "
+        f"{METHOD_FORMATS[method]} files (DPO, method.type 'dpo', takes preference files, "
+        "whose lines have input, preferred_output and non_preferred_output)",
+        param=param,
+        code="invalid_file_format",
+    )
+
+
 def _request_hash(body: JobCreate) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
@@ -124,10 +143,13 @@ def resolve_request(
     entry = catalog.get(parent.spec.model if parent else body.model)
     if entry is None:
         raise model_not_found(body.model)
+    method = body.method.type if body.method else "supervised"
     training = _tenant_file(session, organization_id, body.training_file, "training_file")
+    check_file_format(training.stats, method, "training_file")
     check_renders_tools(entry, int(training.stats.get("tool_examples", 0)), "training_file")
     if body.validation_file is not None:
         validation = _tenant_file(session, organization_id, body.validation_file, "validation_file")
+        check_file_format(validation.stats, method, "validation_file")
         check_renders_tools(entry, int(validation.stats.get("tool_examples", 0)), "validation_file")
     try:
         hyperparameters = body.requested_hyperparameters()
@@ -136,12 +158,13 @@ def resolve_request(
     spec = resolve_spec(
         model=entry.id,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
-        n_train_examples=int(training.stats.get("examples", 0)),
+        n_train_examples=int(training.stats.get("examples", 0)),  # for DPO, its pairs
         hyperparameters=hyperparameters,
         lora=child_lora(body, parent) if parent else body.lora,
         quantization=child_quantization(body, parent) if parent else body.quantization,
         training=body.training,
         parent=parent.model if parent else None,
+        method=method,
     )
     check_target_modules(entry, spec.lora.target_modules)
     return spec

@@ -60,6 +60,13 @@ PROBLEM_CODES = frozenset(
         "missing_conversations_list",
         "missing_instruction",
         "missing_output",
+        "missing_input",
+        "invalid_input",
+        "input_ends_with_assistant",
+        "input_ends_with_system",
+        "missing_preferred_output",
+        "missing_non_preferred_output",
+        "invalid_output",
     }
 )
 MAX_LINE = 256
