@@ -211,8 +211,10 @@ def resolve_spec(
         learning_rate = base_rate * multiplier
     beta = None
     if method == "dpo":
-        requested = getattr(hyperparameters, "beta", "auto")
-        beta = DEFAULT_DPO_BETA if requested == "auto" else requested
+        requested = (
+            hyperparameters.beta if isinstance(hyperparameters, DpoHyperparameters) else "auto"
+        )
+        beta = DEFAULT_DPO_BETA if requested == "auto" else float(requested)
     n_epochs = hyperparameters.n_epochs
     batch_size = hyperparameters.batch_size
     return ResolvedSpec(
