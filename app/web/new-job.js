@@ -150,7 +150,9 @@ export function render(root, _params, { navigate }) {
     const [models, files] = await Promise.all([api("/models"), api("/files?purpose=fine-tune&limit=100")]);
     const base = models.data.filter((model) => model.kind === "base");
     fillSelect(form.elements.model, base.map((m) => [m.id, m.id]));
-    const choices = files.data.map((f) => [f.id, `${f.filename} · ${f.stats?.examples ?? "?"} examples · ${f.id}`]);
+    // Preference files say so: only DPO jobs take them, and DPO jobs take only them.
+    const what = (f) => (f.stats?.format === "preference" ? "preference pairs" : "examples");
+    const choices = files.data.map((f) => [f.id, `${f.filename} · ${f.stats?.examples ?? "?"} ${what(f)} · ${f.id}`]);
     if (choices.length === 0) {
       fillSelect(form.elements.training_file, [], { empty: "No files yet: upload one under Files" });
     } else {

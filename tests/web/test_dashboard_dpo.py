@@ -81,3 +81,5 @@ def test_the_form_sends_a_dpo_job_with_beta_and_its_page_charts_the_preferences(
     expect(page.locator("#preference-accuracy-chart")).to_have_attribute(
         "aria-label", re.compile(r"latest training preference accuracy 0\.8000")
     )
+    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
+    assert not violations, violations
