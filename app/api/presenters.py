@@ -14,11 +14,11 @@ from app.schemas.files import DatasetStatsPublic, FilePublic
 from app.schemas.jobs import (
     CheckpointMetrics,
     CheckpointPublic,
+    DpoHyperparametersPublic,
+    DpoPublic,
     EventPublic,
     JobError,
     JobPublic,
-    DpoHyperparametersPublic,
-    DpoPublic,
     MethodPublic,
     SupervisedHyperparametersPublic,
     SupervisedPublic,

@@ -74,6 +74,16 @@ def create(
     ] = None,
     suffix: Annotated[str | None, typer.Option(help="Part of the fine-tuned model's name")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="supervised, or dpo (preference pairs: the training file's lines have input, "
+            "preferred_output and non_preferred_output)"
+        ),
+    ] = "supervised",
+    beta: Annotated[
+        float | None, typer.Option(help="DPO only: how far from the base, (0, 2] [default: auto]")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="[default: auto]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="[default: auto]")] = None,
     lr_multiplier: Annotated[float | None, typer.Option(help="[default: auto]")] = None,
@@ -105,6 +115,10 @@ def create(
     wait: Annotated[bool, typer.Option(help="Watch the job until it ends")] = False,
 ) -> None:
     """Create a job (server defaults for every option left out); prints its id."""
+    hyperparameters = _given(
+        n_epochs=epochs, batch_size=batch_size, learning_rate_multiplier=lr_multiplier
+    )
+    method_field = _method(method, beta, hyperparameters)  # checked before any upload
     client = client_of(ctx)
     body = _given(
         model=model,
@@ -114,11 +128,7 @@ def create(
         seed=seed,
         metadata=_metadata(metadata),
     )
-    hyperparameters = _given(
-        n_epochs=epochs, batch_size=batch_size, learning_rate_multiplier=lr_multiplier
-    )
-    if hyperparameters:
-        body["method"] = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    body.update(method_field)
     sections = {
         "lora": _given(
             r=r, alpha=alpha, dropout=dropout, target_modules=_target_modules(target_modules)
@@ -151,6 +161,23 @@ def create(
 def _given(**values: Any) -> dict[str, Any]:
     """The values that were given: the server fills in its defaults for the others."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def _method(method: str, beta: float | None, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """`{"method": ...}` in OpenAI's shape, or nothing for a supervised job with no
+    hyperparameters given (the server's default)."""
+    if method not in ("supervised", "dpo"):
+        raise typer.BadParameter("use supervised or dpo", param_hint="--method")
+    if method == "dpo":
+        dpo_hyperparameters = hyperparameters | _given(beta=beta)
+        return {"method": {"type": "dpo", "dpo": {"hyperparameters": dpo_hyperparameters}}}
+    if beta is not None:
+        raise typer.BadParameter(
+            "beta is a DPO hyperparameter: add --method dpo", param_hint="--beta"
+        )
+    if not hyperparameters:
+        return {}
+    return {"method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}}
 
 
 def _metadata(pairs: list[str] | None) -> dict[str, str] | None:

@@ -65,9 +65,8 @@ def parse_output(
     if raw is None:
         return problem(line, field, f"missing_{field}", f"{field} is missing")
     if not isinstance(raw, list) or len(raw) != 1:
-        return problem(
-            line, field, "invalid_output", f"{field} must be a list of exactly one assistant message"
-        )
+        expected = f"{field} must be a list of exactly one assistant message"
+        return problem(line, field, "invalid_output", expected)
     message = parse_message(raw[0], line, 0, call_ids, field)
     if isinstance(message, list):
         return message

@@ -15,6 +15,7 @@ from app.schemas.spec import (
     Method,
     MethodType,
     QuantizationSpec,
+    ResolvedSpec,
     ResolvedTrainingSpec,
     StrictModel,
     TrainingSpec,

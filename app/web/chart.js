@@ -1,5 +1,6 @@
-// The loss chart: training loss as a line, validation loss as a line with markers, drawn
-// as SVG. Points are keyed by step, so steps trained again after a resume replace the old.
+// A metric chart (the loss, or DPO's reward margin and preference accuracy): the training
+// value as a line, the validation value as a line with markers, drawn as SVG. Points are
+// keyed by step, so steps trained again after a resume replace the old.
 // One SVG unit is one CSS pixel: the chart is redrawn at its box's width when that changes,
 // so its labels keep their size on a phone instead of shrinking with a scaled drawing.
 
@@ -30,9 +31,25 @@ function ticks(min, max, count) {
   return values;
 }
 
-export class LossChart {
-  constructor(svg) {
+// What a chart plots: the event `data` keys of its two series, and its name in the labels.
+export const LOSS = { train: "train_loss", valid: "valid_loss", name: "loss", title: "Loss" };
+export const REWARD_MARGIN = {
+  train: "train_reward_margin",
+  valid: "valid_reward_margin",
+  name: "reward margin",
+  title: "Reward margin",
+};
+export const PREFERENCE_ACCURACY = {
+  train: "train_preference_accuracy",
+  valid: "valid_preference_accuracy",
+  name: "preference accuracy",
+  title: "Preference accuracy",
+};
+
+export class MetricChart {
+  constructor(svg, metric = LOSS) {
     this.svg = svg;
+    this.metric = metric;
     this.train = new Map();
     this.eval = new Map();
     this.totalSteps = 0;
@@ -60,9 +77,15 @@ export class LossChart {
     this.observer.disconnect();
   }
 
+  // Whether `metrics` (an event's data) carries this chart's training value.
+  carries(metrics) {
+    return metrics[this.metric.train] != null;
+  }
+
   add(metrics) {
-    if (metrics.train_loss != null) this.train.set(metrics.step, metrics.train_loss);
-    if (metrics.valid_loss != null) this.eval.set(metrics.step, metrics.valid_loss);
+    const { train, valid } = this.metric;
+    if (metrics[train] != null) this.train.set(metrics.step, metrics[train]);
+    if (metrics[valid] != null) this.eval.set(metrics.step, metrics[valid]);
     this.totalSteps = Math.max(this.totalSteps, metrics.total_steps || 0);
     this.schedule();
   }
@@ -88,8 +111,9 @@ export class LossChart {
     this.svg.replaceChildren();
     this.svg.dataset.trainPoints = String(train.length);
     this.svg.dataset.evalPoints = String(evals.length);
+    const { name, title } = this.metric;
     if (all.length === 0) {
-      this.svg.setAttribute("aria-label", "Loss chart: no points yet");
+      this.svg.setAttribute("aria-label", `${title} chart: no points yet`);
       return;
     }
     // Loops, not Math.min(...points): a long job has more points than a call takes arguments.
@@ -118,16 +142,16 @@ export class LossChart {
       this.svg.append(svgEl("path", { d: path(evals), class: "line eval-line" }));
       for (const [step, loss] of evals) {
         const marker = svgEl("circle", { cx: x(step), cy: y(loss), r: 3.5, class: "eval-point" });
-        marker.append(svgEl("title", {}, `step ${step}: validation loss ${loss.toFixed(4)}`));
+        marker.append(svgEl("title", {}, `step ${step}: validation ${name} ${loss.toFixed(4)}`));
         this.svg.append(marker);
       }
     }
     const [step, loss] = train.at(-1) || evals.at(-1);
     this.svg.setAttribute(
       "aria-label",
-      `Loss chart: ${train.length} training points up to step ${step} of ${this.totalSteps || "?"}, ` +
-        `latest training loss ${loss.toFixed(4)}` +
-        (evals.length ? `, latest validation loss ${evals.at(-1)[1].toFixed(4)}` : ""),
+      `${title} chart: ${train.length} training points up to step ${step} of ${this.totalSteps || "?"}, ` +
+        `latest training ${name} ${loss.toFixed(4)}` +
+        (evals.length ? `, latest validation ${name} ${evals.at(-1)[1].toFixed(4)}` : ""),
     );
   }
 

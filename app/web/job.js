@@ -1,9 +1,10 @@
-// One job: live loss chart and stats from its event stream, events log, checkpoints,
+// One job: live loss chart (and, for DPO, reward margin and preference accuracy charts) and
+// stats from its event stream, events log, checkpoints,
 // exports, and the actions (cancel, pause, resume, downloads, merged export, and "Try it":
 // the fine-tuned model or a checkpoint in the Playground).
 
 import { api, downloadFile, streamEvents } from "./api.js";
-import { LossChart } from "./chart.js";
+import { MetricChart, PREFERENCE_ACCURACY, REWARD_MARGIN } from "./chart.js";
 import {
   TERMINAL,
   el,
@@ -35,7 +36,12 @@ export function render(root, { id }, { announce }) {
   const $ = (selector) => root.querySelector(selector);
   const path = `/fine_tuning/jobs/${encodeURIComponent(id)}`;
   const controller = new AbortController();
-  const chart = new LossChart($("#loss-chart"));
+  const chart = new MetricChart($("#loss-chart"));
+  // Shown once an event carries DPO's figures (the engine reports them on DPO jobs only).
+  const preferenceCharts = [
+    new MetricChart($("#reward-margin-chart"), REWARD_MARGIN),
+    new MetricChart($("#preference-accuracy-chart"), PREFERENCE_ACCURACY),
+  ];
   const buttons = {
     cancel: $("#job-cancel"),
     pause: $("#job-pause"),
@@ -70,14 +76,15 @@ export function render(root, { id }, { announce }) {
     $("#job-model").textContent = job.model;
     $("#job-fine-tuned").textContent = job.fine_tuned_model || "–";
     $("#job-training-file").textContent = job.training_file;
-    $("#legend-eval").hidden = !job.validation_file;
+    for (const legend of root.querySelectorAll(".legend-eval")) legend.hidden = !job.validation_file;
     $("#job-created").textContent = formatTime(job.created_at);
     $("#job-finished").textContent = formatTime(job.finished_at);
     $("#stat-attempt").textContent = String(job.attempt);
     $("#stat-trained").textContent = job.trained_tokens?.toLocaleString() ?? latest?.trained_tokens?.toLocaleString() ?? "–";
     const h = job.hyperparameters;
+    const method = job.method?.type === "dpo" ? `DPO, beta ${h.beta} · ` : "";
     $("#job-settings").textContent =
-      `${h.n_epochs} epochs · batch ${h.batch_size} · lr ${job.training.learning_rate.toExponential(1)} · ` +
+      `${method}${h.n_epochs} epochs · batch ${h.batch_size} · lr ${job.training.learning_rate.toExponential(1)} · ` +
       `r ${job.lora.r}, alpha ${job.lora.alpha} · ${job.quantization.bits ? `${job.quantization.bits}-bit` : "16-bit"}` +
       ` · max ${job.training.max_seq_length} tokens${job.training.packing ? " · packing" : ""}`;
     showError(job.error ? `${job.error.code}: ${job.error.message}` : "");
@@ -233,6 +240,10 @@ export function render(root, { id }, { announce }) {
     onEvent(type, event) {
       if (type === "metrics" && event.data) {
         chart.add(event.data);
+        if (preferenceCharts[0].carries(event.data)) {
+          $("#preference-section").hidden = false;
+          for (const preferenceChart of preferenceCharts) preferenceChart.add(event.data);
+        }
         showMetrics(event.data);
       } else {
         logEvent(event);
@@ -260,5 +271,6 @@ export function render(root, { id }, { announce }) {
     controller.abort();
     clearTimeout(timer);
     chart.dispose();
+    for (const preferenceChart of preferenceCharts) preferenceChart.dispose();
   };
 }

@@ -40,7 +40,8 @@ function controlValue(control) {
 }
 
 // The form's named controls as the JSON body of POST /v1/fine_tuning/jobs (dotted names
-// are paths: "lora.r" -> {"lora": {"r": ...}}).
+// are paths: "lora.r" -> {"lora": {"r": ...}}). The shared hyperparameter fields are named
+// for supervised jobs; a DPO job sends them, with beta, under method.dpo (OpenAI's shape).
 export function jobBody(form) {
   const body = {};
   for (const control of form.elements) {
@@ -52,8 +53,20 @@ export function jobBody(form) {
     for (const part of path.slice(0, -1)) target = target[part] ??= {};
     target[path.at(-1)] = value;
   }
-  if (body.method) body.method.type = "supervised";
+  const method = body.method;
+  if (method?.type === "dpo") {
+    const dpo = method.dpo?.hyperparameters ?? {};
+    method.dpo = { hyperparameters: { ...method.supervised?.hyperparameters, ...dpo } };
+    delete method.supervised;
+  }
   return body;
+}
+
+// Beta is DPO's: shown, and sent, only when DPO is chosen.
+function showMethod(form) {
+  const dpo = form.elements["method.type"].value === "dpo";
+  form.querySelector("#job-beta-field").hidden = !dpo;
+  form.elements["method.dpo.hyperparameters.beta"].disabled = !dpo;
 }
 
 function fillSelect(select, options, { empty } = {}) {
@@ -69,7 +82,8 @@ function estimateView(estimate) {
       "p",
       {},
       `Resolved: ${resolved.n_epochs} epochs, batch size ${resolved.batch_size}, ` +
-        `learning rate ${estimate.training.learning_rate.toExponential(2)}.`,
+        `learning rate ${estimate.training.learning_rate.toExponential(2)}` +
+        (resolved.beta != null ? `, beta ${resolved.beta}.` : "."),
     ),
   ];
   if (!estimate.memory) {
@@ -136,7 +150,9 @@ export function render(root, _params, { navigate }) {
     const [models, files] = await Promise.all([api("/models"), api("/files?purpose=fine-tune&limit=100")]);
     const base = models.data.filter((model) => model.kind === "base");
     fillSelect(form.elements.model, base.map((m) => [m.id, m.id]));
-    const choices = files.data.map((f) => [f.id, `${f.filename} · ${f.stats?.examples ?? "?"} examples · ${f.id}`]);
+    // Preference files say so: only DPO jobs take them, and DPO jobs take only them.
+    const what = (f) => (f.stats?.format === "preference" ? "preference pairs" : "examples");
+    const choices = files.data.map((f) => [f.id, `${f.filename} · ${f.stats?.examples ?? "?"} ${what(f)} · ${f.id}`]);
     if (choices.length === 0) {
       fillSelect(form.elements.training_file, [], { empty: "No files yet: upload one under Files" });
     } else {
@@ -146,6 +162,8 @@ export function render(root, _params, { navigate }) {
     scheduleEstimate();
   }
 
+  form.elements["method.type"].addEventListener("change", () => showMethod(form));
+  showMethod(form);
   form.addEventListener("input", scheduleEstimate);
   form.addEventListener("change", scheduleEstimate);
   root.querySelector("#estimate-button").addEventListener("click", () => {

@@ -52,7 +52,8 @@ def test_explicit_dpo_hyperparameters_are_kept(
     assert job["training"]["learning_rate"] == 1e-5
     with session_factory() as session:
         spec = ResolvedSpec.model_validate(session.get_one(Job, job["id"]).spec)
-    assert (spec.method, spec.hyperparameters.beta, spec.hyperparameters.n_epochs) == ("dpo", 0.5, 2)
+    resolved = spec.hyperparameters
+    assert (spec.method, resolved.beta, resolved.n_epochs) == ("dpo", 0.5, 2)
 
 
 def test_a_supervised_job_shows_no_beta(client: TestClient, tenant_a: Tenant, training_file: str):
@@ -165,9 +166,8 @@ def test_an_estimate_of_a_dpo_job_counts_two_sequences_a_pair(
         return client.post("/v1/fine_tuning/estimates", headers=tenant_a.headers, json=body).json()
 
     pairs = estimate(preference_file, method=dpo(batch_size=2))
-    examples = estimate(
-        training_file, method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}}
-    )
+    supervised = {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}}
+    examples = estimate(training_file, method=supervised)
     assert pairs["method"] == "dpo"
     assert pairs["hyperparameters"]["beta"] == 0.1
     assert "beta" not in examples["hyperparameters"]

@@ -158,9 +158,7 @@ def test_a_file_mixing_pairs_and_chat_is_refused(client: TestClient, tenant_a: T
     assert "chat but the file started as preference" in first["message"]
 
 
-def test_a_misspelt_pair_is_pointed_at_the_preference_format(
-    client: TestClient, tenant_a: Tenant
-):
+def test_a_misspelt_pair_is_pointed_at_the_preference_format(client: TestClient, tenant_a: Tenant):
     line = {"prompt_input": {}, "preffered_output": [], "non_preferred_outputs": []}
     problem = upload(client, tenant_a, jsonl(line)).json()["error"]["problems"][0]
     assert problem["code"] == "unrecognized_format"

@@ -20,7 +20,7 @@ from app.client.files_commands import files_cli, upload_file
 from app.client.http import LoraforgeClient
 from app.client.jobs_commands import jobs_cli
 from tests.conftest import RecordingEnqueuer, published
-from tests.factories import Tenant, chat_dataset, jsonl
+from tests.factories import Tenant, chat_dataset, jsonl, preference_dataset
 from tests.live import closed_port
 
 runner = CliRunner()
@@ -89,6 +89,35 @@ def test_create_sends_only_the_options_given(
     assert job["training"]["packing"] is True
     assert job["training"]["max_seq_length"] == 1024  # a default, left to the server
     assert job["metadata"] == {"team": "nlp"}
+
+
+def test_create_with_method_dpo_sends_openais_method_shape_with_beta(
+    run: Any, tmp_path: Path, client: TestClient
+):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(preference_dataset(12))
+    created = run(
+        "jobs", "create", "-m", "loraforge/tiny-random-llama", "-t", str(pairs),
+        "--method", "dpo", "--beta", "0.3", "--epochs", "2",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    job = json.loads(run("jobs", "get", created.stdout.strip().splitlines()[-1]).stdout)
+    assert job["method"]["type"] == "dpo"
+    hyperparameters = job["method"]["dpo"]["hyperparameters"]
+    assert (hyperparameters["beta"], hyperparameters["n_epochs"]) == (0.3, 2)
+
+
+def test_beta_without_method_dpo_is_a_usage_error(run: Any, dataset: Path):
+    refused = run(
+        "jobs", "create", "-m", "loraforge/tiny-random-llama", "-t", str(dataset), "--beta", "0.1"
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "add --method dpo" in refused.output
+    unknown = run(
+        "jobs", "create", "-m", "loraforge/tiny-random-llama", "-t", str(dataset), "--method", "rl"
+    )  # fmt: skip
+    assert unknown.exit_code == 2
+    assert "use supervised or dpo" in unknown.output
 
 
 def test_actions_print_human_lines_and_bad_states_exit_1(run: Any, dataset: Path):

@@ -12,7 +12,13 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.schemas.spec import Hyperparameters, LoraSpec, QuantizationSpec, TrainingSpec
+from app.schemas.spec import (
+    DpoHyperparameters,
+    Hyperparameters,
+    LoraSpec,
+    QuantizationSpec,
+    TrainingSpec,
+)
 from app.schemas.webhooks import EVENT_TYPES
 from app.web import WEB_DIR
 from tests.conftest import RecordingEnqueuer
@@ -146,8 +152,10 @@ def test_new_job_form_has_every_knob_with_the_schema_default():
             name = f"{prefix}.{field}"
             assert name in parser.controls, f"the form has no control for {name}"
             assert shown_default(parser.controls[name]) == default, name
-    for name in ("model", "training_file", "validation_file", "suffix", "seed"):
+    for name in ("model", "training_file", "validation_file", "suffix", "seed", "method.type"):
         assert name in parser.controls, name
+    beta = parser.controls["method.dpo.hyperparameters.beta"]
+    assert shown_default(beta) == DpoHyperparameters().beta
 
 
 class EventChoices(HTMLParser):

@@ -1,0 +1,85 @@
+"""DPO in the dashboard, in a real headless Chromium against `loraforge serve`: the new-job
+form sends OpenAI's method shape with beta (axe-core finding nothing severe with beta shown),
+and the job page charts the reward margin and preference accuracy its events carry."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from app.db.models import Job
+from app.services.events import add_event
+from tests.e2e.stacks import Stack, upload
+from tests.factories import preference_dataset
+from tests.web.pages import expect, sign_in
+from tests.web.test_dashboard_pages import AXE_RUN, SEVERE
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def add_dpo_metrics(stack: Stack, job_id: str, steps: int) -> None:
+    """Metrics events as the engine writes them on a DPO job, straight into the stack's DB."""
+    engine = create_engine(f"sqlite:///{stack.data_dir / 'loraforge.db'}")
+    with Session(engine) as session:
+        job = session.get_one(Job, job_id)
+        for step in range(1, steps + 1):
+            data = {
+                "step": step,
+                "total_steps": steps,
+                "train_loss": 0.69 / step,
+                "train_reward_margin": 0.1 * step,
+                "train_preference_accuracy": 0.5 + 0.1 * step,
+                "lr": 2e-5,
+                "tokens_per_second": 100.0,
+                "epoch": step / steps,
+                "trained_tokens": 64 * step,
+            }
+            add_event(session, job, f"Step {step}", type="metrics", data=data)
+        session.commit()
+    engine.dispose()
+
+
+def test_the_form_sends_a_dpo_job_with_beta_and_its_page_charts_the_preferences(
+    open_page: Callable[..., Any], stack: Stack
+):
+    client = stack.client()
+    pairs = upload(client, preference_dataset(12), "pairs.jsonl")
+    page = open_page(axe=True)
+    sign_in(page, stack.key)
+    page.get_by_role("navigation").get_by_role("link", name="New job").click()
+    page.get_by_label("Training file").select_option(pairs)
+    beta = page.get_by_label("Beta")
+    expect(beta).to_be_hidden()
+    page.get_by_label("Method").select_option("dpo")
+    expect(beta).to_be_visible()
+    beta.fill("0.3")
+    page.get_by_label("Epochs").fill("2")
+    expect(page.locator("#estimate")).to_contain_text("beta 0.3")
+    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
+    assert not violations, violations
+    page.get_by_role("button", name="Create job").click()
+
+    expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
+    job_id = page.locator("#job-id").inner_text()
+    client.post(f"/fine_tuning/jobs/{job_id}/cancel")  # only its page is under test
+    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    assert job["method"]["type"] == "dpo"
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
+    assert job["method"]["dpo"]["hyperparameters"]["n_epochs"] == 2
+    expect(page.locator("#job-settings")).to_contain_text("DPO, beta 0.3")
+
+    add_dpo_metrics(stack, job_id, steps=3)
+    page.reload()
+    expect(page.locator("#preference-section")).to_be_visible()
+    for chart in ("#reward-margin-chart", "#preference-accuracy-chart"):
+        expect(page.locator(chart)).to_have_attribute("data-train-points", "3")
+    expect(page.locator("#preference-accuracy-chart")).to_have_attribute(
+        "aria-label", re.compile(r"latest training preference accuracy 0\.8000")
+    )
+    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
+    assert not violations, violations
