@@ -1,4 +1,4 @@
-// New job: the base-model and file pickers, every knob with its default, the memory
+// New job: the model and file pickers, every knob with its default, the memory
 // estimate (POST /v1/fine_tuning/estimates) as the form changes, and creation.
 
 import { api } from "./api.js";
@@ -45,7 +45,8 @@ function controlValue(control) {
 export function jobBody(form) {
   const body = {};
   for (const control of form.elements) {
-    if (!control.name || control.disabled) continue;
+    // :disabled, not .disabled: a control is also off inside a disabled fieldset.
+    if (!control.name || control.matches(":disabled")) continue;
     const value = controlValue(control);
     if (value === undefined) continue;
     const path = control.name.split(".");
@@ -67,6 +68,30 @@ function showMethod(form) {
   const dpo = form.elements["method.type"].value === "dpo";
   form.querySelector("#job-beta-field").hidden = !dpo;
   form.elements["method.dpo.hyperparameters.beta"].disabled = !dpo;
+}
+
+// A job that continues a fine-tuned model starts from its adapter, so it keeps the parent's
+// LoRA layers and base quantization: those fieldsets are off (not sent, hence inherited).
+function showParent(form, fineTuned) {
+  const continuing = fineTuned.has(form.elements.model.value);
+  for (const id of ["#job-lora", "#job-quantization"]) {
+    const fieldset = form.querySelector(id);
+    fieldset.disabled = continuing;
+    fieldset.querySelector(".inherited").hidden = !continuing;
+  }
+}
+
+// Base models, then the organization's fine-tuned models newest first.
+function fillModels(select, models) {
+  const groups = [
+    ["Base models", models.filter((model) => model.kind === "base")],
+    ["Fine-tuned models", models.filter((model) => model.kind !== "base").reverse()],
+  ];
+  select.replaceChildren(
+    ...groups
+      .filter(([, members]) => members.length > 0)
+      .map(([label, members]) => el("optgroup", { label }, ...members.map((m) => el("option", { value: m.id }, m.id)))),
+  );
 }
 
 function fillSelect(select, options, { empty } = {}) {
@@ -116,6 +141,7 @@ export function render(root, _params, { navigate }) {
   const submit = root.querySelector("#create-job-button");
   let timer = null;
   let sequence = 0;
+  let fineTuned = new Set();
 
   function markInvalid(param) {
     for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
@@ -148,8 +174,9 @@ export function render(root, _params, { navigate }) {
 
   async function load() {
     const [models, files] = await Promise.all([api("/models"), api("/files?purpose=fine-tune&limit=100")]);
-    const base = models.data.filter((model) => model.kind === "base");
-    fillSelect(form.elements.model, base.map((m) => [m.id, m.id]));
+    fillModels(form.elements.model, models.data);
+    fineTuned = new Set(models.data.filter((model) => model.kind !== "base").map((model) => model.id));
+    showParent(form, fineTuned);
     // Preference files say so: only DPO jobs take them, and DPO jobs take only them.
     const what = (f) => (f.stats?.format === "preference" ? "preference pairs" : "examples");
     const choices = files.data.map((f) => [f.id, `${f.filename} · ${f.stats?.examples ?? "?"} ${what(f)} · ${f.id}`]);
@@ -163,6 +190,7 @@ export function render(root, _params, { navigate }) {
   }
 
   form.elements["method.type"].addEventListener("change", () => showMethod(form));
+  form.elements.model.addEventListener("change", () => showParent(form, fineTuned));
   showMethod(form);
   form.addEventListener("input", scheduleEstimate);
   form.addEventListener("change", scheduleEstimate);

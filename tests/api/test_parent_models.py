@@ -73,6 +73,28 @@ def test_a_checkpoint_name_is_a_parent_too(
     assert (spec.parent.job_id, spec.parent.step) == (parent.id, 5)
 
 
+def test_the_estimate_of_a_fine_tuned_model_is_its_bases_with_the_parents_lora(
+    client: TestClient,
+    tenant_a: Tenant,
+    training_file: str,
+    session_factory: sessionmaker[Session],
+):
+    parent = succeeded_parent(client, tenant_a, training_file, session_factory)
+    body = {"model": parent.fine_tuned_model, "training_file": training_file}
+    response = client.post("/v1/fine_tuning/estimates", json=body, headers=tenant_a.headers)
+    assert response.status_code == 200, response.text
+    estimate = response.json()
+    assert estimate["model"] == BASE  # the base's shape is what the memory is counted on
+    assert estimate["lora"] == PARENT_LORA
+    assert estimate["memory"]["total_bytes"] > 0
+    as_base = client.post(
+        "/v1/fine_tuning/estimates",
+        json={**body, "model": BASE, "lora": PARENT_LORA},
+        headers=tenant_a.headers,
+    ).json()
+    assert estimate["memory"] == as_base["memory"]
+
+
 def test_lora_that_does_not_fit_the_parents_adapter_is_refused(
     client: TestClient,
     tenant_a: Tenant,

@@ -85,7 +85,7 @@ def test_new_job_trains_with_a_live_chart_and_downloads_its_weights(
     valid = upload(client, hello_dataset(12), "hello-valid.jsonl")
     sign_in(page, stack.key)
     page.get_by_role("navigation").get_by_role("link", name="New job").click()
-    expect(page.get_by_label("Base model")).to_have_value("loraforge/tiny-random-llama")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("loraforge/tiny-random-llama")
     page.get_by_label("Training file").select_option(train)
     page.get_by_label("Validation file (optional)").select_option(valid)
     page.get_by_label("Suffix (optional)").fill("browser")
