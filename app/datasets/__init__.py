@@ -1,6 +1,7 @@
 """Fine-tuning datasets: one JSON object per line, in one of these formats.
 
-- chat: {"messages": [...], "tools"?: [...]} (OpenAI's, with tool calls and tool results)
+- chat: {"messages": [...], "tools"?: [...]} (OpenAI's, with tool calls and tool results; a
+  message's content a string or a list of text parts)
 - sharegpt: {"conversations": [{"from", "value"}]}, converted to chat
 - alpaca: {"instruction", "input"?, "output", "system"?}, converted to chat
 - prompt_completion: {"prompt": str, "completion": str}
@@ -8,7 +9,8 @@
 - preference: {"input": {"messages", "tools"?}, "preferred_output": [msg],
   "non_preferred_output": [msg]} (OpenAI's DPO pairs; only DPO jobs take them)
 
-formats.py knows them, chat.py, converted.py and preference.py parse them, reading.py reads files.
+formats.py knows them, chat.py (content.py its messages' content), converted.py and
+preference.py parse them, reading.py reads files.
 """
 
 from app.datasets.examples import (

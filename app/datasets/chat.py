@@ -1,9 +1,10 @@
 """OpenAI's chat format: messages, with tools, tool calls and tool results.
 
 {"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool, "functions"?: [...]}; a
-message has role system/user/assistant/tool (or the legacy function), content, and
-optionally weight (assistant), name, tool_calls (assistant), tool_call_id (tool) or the
-legacy function_call (assistant). Every key anywhere is known or refused.
+message has role system/user/assistant/tool (or the legacy function), content (a string, or
+a list of text parts: content.py), and optionally weight (assistant), name, tool_calls
+(assistant), tool_call_id (tool) or the legacy function_call (assistant). Every key anywhere
+is known or refused.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.datasets.examples import Example, Message, Problem, ToolCall, problem
+from app.datasets.content import parse_content
+from app.datasets.examples import (
+    Example,
+    Message,
+    Problem,
+    ToolCall,
+    problem,
+    unknown_key,
+    unknown_key_problem,
+)
 
 CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
@@ -24,23 +34,6 @@ TOOL_CALL_KEYS = frozenset({"id", "type", "function"})
 CALLED_FUNCTION_KEYS = frozenset({"name", "arguments"})
 TOOL_KEYS = frozenset({"type", "function"})
 FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
-
-
-def unknown_key(raw: dict[str, Any], allowed: frozenset[str]) -> str | None:
-    """The first key (sorted) of `raw` that `allowed` lacks."""
-    if allowed.issuperset(raw):
-        return None
-    return sorted(set(raw) - allowed)[0]
-
-
-def unknown_key_problem(
-    line: int, where: str, key: str, allowed: frozenset[str], code: str = "unrecognized_key"
-) -> list[Problem]:
-    shown = key or '""'
-    field = f"{where}.{shown}" if where else shown
-    return problem(
-        line, field, code, f"unrecognized key {key!r}; allowed: {', '.join(sorted(allowed))}"
-    )
 
 
 def parse_arguments(raw: object, line: int, where: str) -> Any | list[Problem]:
@@ -124,14 +117,16 @@ def parse_tool_calls(
 
 
 def _content(raw: dict[str, Any], line: int, where: str, optional: bool) -> str | list[Problem]:
+    """The message's text (its parts joined); empty only where `optional` (tool calls)."""
     content = raw.get("content")
     if optional and content is None:
         return ""
-    if content is None or (content == "" and not optional):
+    text = "" if content is None else parse_content(content, line, f"{where}.content")
+    if isinstance(text, list):
+        return text
+    if text == "" and not optional:
         return problem(line, f"{where}.content", "missing_content", "content is missing or empty")
-    if not isinstance(content, str):
-        return problem(line, f"{where}.content", "invalid_content", "content must be a string")
-    return content
+    return text
 
 
 def parse_message(

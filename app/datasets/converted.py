@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.datasets.chat import (
-    check_conversation,
-    parse_arguments,
-    parse_function,
+from app.datasets.chat import check_conversation, parse_arguments, parse_function
+from app.datasets.examples import (
+    Example,
+    Message,
+    Problem,
+    ToolCall,
+    problem,
     unknown_key,
     unknown_key_problem,
 )
-from app.datasets.examples import Example, Message, Problem, ToolCall, problem
 
 ALPACA_KEYS = frozenset({"instruction", "input", "output", "system", "history"})
 SHAREGPT_KEYS = frozenset({"conversations", "system", "tools"})

@@ -123,6 +123,24 @@ def problem(line: int, field_name: str, code: str, message: str) -> list[Problem
     return [Problem(line, field_name, code, message)]
 
 
+def unknown_key(raw: dict[str, Any], allowed: frozenset[str]) -> str | None:
+    """The first key (sorted) of `raw` that `allowed` lacks."""
+    if allowed.issuperset(raw):
+        return None
+    return sorted(set(raw) - allowed)[0]
+
+
+def unknown_key_problem(
+    line: int, where: str, key: str, allowed: frozenset[str], code: str = "unrecognized_key"
+) -> list[Problem]:
+    """`key` refused at `where`, naming the keys allowed there."""
+    shown = key or '""'
+    field = f"{where}.{shown}" if where else shown
+    return problem(
+        line, field, code, f"unrecognized key {key!r}; allowed: {', '.join(sorted(allowed))}"
+    )
+
+
 @dataclass(slots=True)
 class DatasetStats:
     examples: int = 0

@@ -12,9 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.datasets.chat import CHAT_KEYS, parse_chat, unknown_key, unknown_key_problem
+from app.datasets.chat import CHAT_KEYS, parse_chat
 from app.datasets.converted import ALPACA_KEYS, SHAREGPT_KEYS, parse_alpaca, parse_sharegpt
-from app.datasets.examples import Example, Problem, SourceFormat, problem
+from app.datasets.examples import (
+    Example,
+    Problem,
+    SourceFormat,
+    problem,
+    unknown_key,
+    unknown_key_problem,
+)
 from app.datasets.preference import PREFERENCE_KEYS, parse_preference
 
 # Only the first keys of a line are named or compared: a line may hold thousands.

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.datasets.chat import (
-    parse_message,
-    parse_messages,
-    parse_tool_options,
+from app.datasets.chat import parse_message, parse_messages, parse_tool_options
+from app.datasets.examples import (
+    Example,
+    Message,
+    Problem,
+    problem,
     unknown_key,
     unknown_key_problem,
 )
-from app.datasets.examples import Example, Message, Problem, problem
 
 PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
 INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})

@@ -1,5 +1,6 @@
-"""Uploads in the formats people bring: OpenAI chat with tools, ShareGPT, Alpaca; unknown keys
-refused at every level; a JSON array answered once; every new problem code with a bad file."""
+"""Uploads in the formats people bring: OpenAI chat with tools or with content as text parts,
+ShareGPT, Alpaca; unknown keys refused at every level; a JSON array answered once; every new
+problem code with a bad file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.datasets import parse_example
 from tests.conftest import RecordingEnqueuer, create_job, upload
 from tests.factories import Tenant, chat_line, jsonl
 
@@ -46,6 +48,21 @@ def with_message(index: int, **changes: Any) -> dict[str, Any]:
     return line
 
 
+def text_parts(*texts: str) -> list[dict[str, str]]:
+    """Content as OpenAI's list of text parts."""
+    return [{"type": "text", "text": text} for text in texts]
+
+
+# tool_line() with every content as text parts: split in two, one part, or none (the call).
+PARTS = {
+    **tool_line(),
+    "messages": [
+        {"role": "user", "content": text_parts("Weather ", "in Paris?")},
+        {"role": "assistant", "content": [], "tool_calls": [call()]},
+        {"role": "tool", "tool_call_id": "c1", "content": text_parts("sunny")},
+        {"role": "assistant", "content": text_parts("Sun", "ny.")},
+    ],
+}
 ALPACA = {"instruction": "Add.", "input": "2 and 3", "output": "5", "system": "Be exact."}
 SHAREGPT = {
     "conversations": [
@@ -71,12 +88,13 @@ LEGACY = {
     ("line", "converted_from", "tool_examples"),
     [
         (tool_line(), None, 12),
+        (PARTS, None, 12),
         (with_message(1, tool_calls=[call(arguments={"city": "Paris"})]), None, 12),
         (LEGACY, None, 12),
         (ALPACA, "alpaca", 0),
         (SHAREGPT, "sharegpt", 12),
     ],
-    ids=["tools", "object-arguments", "legacy-functions", "alpaca", "sharegpt"],
+    ids=["tools", "text-parts", "object-arguments", "legacy-functions", "alpaca", "sharegpt"],
 )
 def test_formats_people_bring_are_accepted_and_keep_their_bytes(
     client: TestClient,
@@ -98,6 +116,26 @@ def test_formats_people_bring_are_accepted_and_keep_their_bytes(
     assert stored.content == content
     listed = client.get("/v1/files", headers=tenant_a.headers).json()["data"][0]
     assert listed["stats"] == stats
+
+
+def test_content_as_text_parts_is_the_example_its_joined_string_makes():
+    assert parse_example(PARTS, 1) == parse_example(tool_line(), 1)
+    system = {"role": "system", "content": text_parts("Be ", "brief.")}
+    with_system = {**tool_line(), "messages": [system, *tool_line()["messages"]]}
+    plain = {**tool_line(), "messages": [system | {"content": "Be brief."}, *PARTS["messages"]]}
+    assert parse_example(with_system, 1) == parse_example(plain, 1)
+
+
+def test_an_image_part_is_refused_as_untrainable(client: TestClient, tenant_a: Tenant):
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    line = with_message(0, content=[*text_parts("What is this?"), image])
+    problem = upload(client, tenant_a, jsonl(line)).json()["error"]["problems"][0]
+    assert (problem["field"], problem["code"]) == (
+        "messages[0].content[1].type",
+        "unsupported_content_part",
+    )
+    assert "only text parts can be trained on this server" in problem["message"]
+    assert "'image_url'" in problem["message"]
 
 
 BAD_FILES: list[tuple[str, bytes, int, str]] = [
@@ -164,6 +202,45 @@ BAD_FILES: list[tuple[str, bytes, int, str]] = [
         "conversations[0].from",
     ),
     ("mixed_formats", jsonl(ALPACA, SHAREGPT), 2, "line"),
+    (
+        "unsupported_content_part",
+        jsonl(with_message(3, content=[{"type": "input_audio", "input_audio": {}}])),
+        1,
+        "messages[3].content[0].type",
+    ),
+    (
+        "invalid_content_part",
+        jsonl(with_message(0, content=["Weather in Paris?"])),
+        1,
+        "messages[0].content[0]",
+    ),
+    (
+        "invalid_content_part",
+        jsonl(with_message(0, content=[{"text": "Weather in Paris?"}])),
+        1,
+        "messages[0].content[0].type",
+    ),
+    (
+        "invalid_content_part",
+        jsonl(with_message(0, content=[{"type": "text"}])),
+        1,
+        "messages[0].content[0].text",
+    ),
+    (
+        "invalid_content_part",
+        jsonl(with_message(2, content=[{"type": "text", "text": 21}])),
+        1,
+        "messages[2].content[0].text",
+    ),
+    (
+        "message_unrecognized_key",
+        jsonl(with_message(3, content=[{"type": "text", "text": "Sunny.", "cache": True}])),
+        1,
+        "messages[3].content[0].cache",
+    ),
+    ("missing_content", jsonl(with_message(0, content=[])), 1, "messages[0].content"),
+    ("missing_content", jsonl(with_message(3, content=text_parts(""))), 1, "messages[3].content"),
+    ("invalid_content", jsonl(with_message(0, content={"type": "text"})), 1, "messages[0].content"),
 ]
 
 

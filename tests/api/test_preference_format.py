@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.datasets import parse_example
 from tests.conftest import upload
 from tests.factories import Tenant, chat_line, jsonl, preference_dataset, preference_line
 
@@ -55,6 +56,18 @@ def test_pairs_with_tools_are_counted_as_tool_examples(client: TestClient, tenan
     response = upload(client, tenant_a, jsonl(tool_pair(), answer_with_call, *[pair()] * 10))
     assert response.status_code == 200, response.text
     assert response.json()["stats"]["tool_examples"] == 2
+
+
+def test_content_as_text_parts_is_the_pair_its_joined_strings_make():
+    def parts(*texts: str) -> list[dict[str, str]]:
+        return [{"type": "text", "text": text} for text in texts]
+
+    in_parts = pair(
+        input={"messages": [{"role": "user", "content": parts("Weather ", "in Paris?")}]},
+        preferred_output=[{"role": "assistant", "content": parts("Sunny.")}],
+        non_preferred_output=[{"role": "assistant", "content": parts("Look ", "outside.")}],
+    )
+    assert parse_example(in_parts, 1) == parse_example(pair(), 1)
 
 
 ASSISTANT = {"role": "assistant", "content": "Sunny."}
@@ -113,6 +126,21 @@ BAD_PAIRS: list[tuple[str, dict[str, Any], str]] = [
         "preferred_output[0].refusal",
     ),
     ("invalid_tools", with_input(tools={"get_weather": {}}), "input.tools"),
+    (
+        "unsupported_content_part",
+        with_input(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+        "input.messages[0].content[0].type",
+    ),
+    (
+        "invalid_content_part",
+        pair(preferred_output=[{"role": "assistant", "content": [{"type": "text", "text": None}]}]),
+        "preferred_output[0].content[0].text",
+    ),
+    (
+        "missing_content",
+        pair(non_preferred_output=[{"role": "assistant", "content": []}]),
+        "non_preferred_output[0].content",
+    ),
     (
         "unknown_tool_call_id",
         pair(

@@ -41,6 +41,8 @@ PROBLEM_CODES = frozenset(
         "unrecognized_role",
         "missing_content",
         "invalid_content",
+        "invalid_content_part",
+        "unsupported_content_part",
         "invalid_weight",
         "example_missing_assistant_message",
         "example_no_trained_message",
@@ -97,9 +99,21 @@ tool_calls = st.lists(
     ),
     max_size=2,
 )
+content_parts = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["text", "image_url", "", None]),
+            "text": st.text(max_size=20) | json_values,
+            "extra": json_values,
+        },
+    )
+    | json_values,
+    max_size=3,
+)
 messages = st.lists(
     st.fixed_dictionaries(
-        {"role": roles, "content": st.text(max_size=20) | json_values},
+        {"role": roles, "content": st.text(max_size=20) | content_parts | json_values},
         optional={
             "weight": st.sampled_from([0, 1, 2, True, None, 0.5]),
             "extra": json_values,

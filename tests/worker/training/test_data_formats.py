@@ -1,5 +1,6 @@
-"""Tool calls, ShareGPT and Alpaca through the tiny model's template, label by label: the
-assistant's words and tool calls are learned, tool results and questions are not."""
+"""Tool calls, ShareGPT, Alpaca and content as text parts through the tiny model's template,
+label by label: the assistant's words and tool calls are learned, tool results and questions
+are not."""
 
 from __future__ import annotations
 
@@ -133,6 +134,25 @@ def test_alpaca_learns_the_output_only(tokenizer: Any) -> None:
         (True, "5</s>"),
     ]
     assert_matches_generation_mask(tokenizer, example, tokenized)
+
+
+def test_content_as_text_parts_tokenizes_as_its_joined_string(tokenizer: Any) -> None:
+    def parts(*texts: str) -> list[dict[str, str]]:
+        return [{"type": "text", "text": text} for text in texts]
+
+    in_parts = {
+        **TOOL_LINE,
+        "messages": [
+            {"role": "user", "content": parts("Weather ", "in Paris?")},
+            TOOL_LINE["messages"][1],
+            {"role": "tool", "tool_call_id": "call_1", "content": parts("sunny, ", "21 C")},
+            {"role": "assistant", "content": parts("Sunny ", "and ", "21 C.")},
+        ],
+    }
+    plain = tokenize_example(tokenizer, parsed(TOOL_LINE), "assistant")
+    tokenized = tokenize_example(tokenizer, parsed(in_parts), "assistant")
+    assert (tokenized.input_ids, tokenized.labels) == (plain.input_ids, plain.labels)
+    assert any(label != IGNORE_INDEX for label in tokenized.labels)
 
 
 def test_a_template_without_tools_is_a_user_error_not_a_crash(tokenizer: Any) -> None:
