@@ -82,7 +82,7 @@ BAD_FILES: list[tuple[str, bytes, int, str]] = [
     ("invalid_json", jsonl(GOOD, "{not json"), 2, "line"),
     ("invalid_utf8", jsonl(GOOD) + b'{"text": "\xff\xfe"}\n', 2, "line"),
     ("example_not_object", jsonl(GOOD, "[1, 2]"), 2, "line"),
-    ("unrecognized_format", jsonl(GOOD, {"input": "x"}), 2, "line"),
+    ("unrecognized_format", jsonl(GOOD, {"question": "x"}), 2, "line"),
     ("missing_messages_list", jsonl({"messages": []}), 1, "messages"),
     ("invalid_message", jsonl({"messages": ["hello"]}), 1, "messages[0]"),
     (
