@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.schemas.common import NO_CONTROL_CHARACTERS
 from app.schemas.spec import StrictModel
 
 JOB_EVENTS: dict[str, str] = {
@@ -36,7 +37,8 @@ class WebhookCreate(StrictModel):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     # Empty or absent: every event.
     events: Annotated[list[EventType], Field(max_length=len(EVENT_TYPES))] | None = None
-    description: Annotated[str, Field(max_length=512)] = ""
+    # Stored: no control characters (PostgreSQL refuses NUL in text).
+    description: Annotated[str, Field(max_length=512, pattern=NO_CONTROL_CHARACTERS)] = ""
 
 
 class WebhookPublic(BaseModel):

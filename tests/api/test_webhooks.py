@@ -182,3 +182,14 @@ def test_unknown_event_names_are_refused(allowing_client: TestClient, acme: Tena
         "/v1/webhooks", headers=acme.headers, json={"url": HOOK, "events": ["job.done"]}
     )
     assert response.status_code == 400
+
+
+def test_a_description_with_a_control_character_is_refused(
+    allowing_client: TestClient, acme: Tenant
+):
+    # PostgreSQL cannot store NUL in text: refused as a bad request, never a 500.
+    for description in ("\u0000", "line\nbreak"):
+        body = {"url": HOOK, "description": description}
+        response = allowing_client.post("/v1/webhooks", headers=acme.headers, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "description"

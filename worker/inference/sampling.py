@@ -36,7 +36,10 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     draw from the temperature-scaled distribution cut to its top_p nucleus."""
     if params.temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    logits = logits.float()
+    # Shifted so the largest is 0 first: a tiny temperature (the API takes any above 0) then
+    # sends the others to -inf, never the largest to inf (inf - inf would be NaN).
+    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
     if params.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (at least one token).

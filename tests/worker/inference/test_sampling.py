@@ -16,6 +16,15 @@ def test_temperature_zero_is_the_argmax_and_a_tiny_top_p_keeps_the_likeliest_tok
         assert next_token(logits, params, new_generator(1)) == likeliest
 
 
+def test_a_tiny_temperature_draws_the_likeliest_token():
+    """1.4e-45 is above 0, so the API takes it; dividing logits by it overflowed to inf and
+    the softmax to NaN (a 500 the fuzzer found)."""
+    logits = torch.randn(512, generator=torch.Generator().manual_seed(2)) * 10
+    for temperature in (1.401298464324817e-45, 1e-30):
+        params = SamplingParams(4, temperature=temperature)
+        assert next_token(logits, params, new_generator(1)) == int(logits.argmax())
+
+
 def test_a_seed_repeats_its_draws():
     logits = torch.randn(512, generator=torch.Generator().manual_seed(1))
     params = SamplingParams(4, temperature=1.5)
