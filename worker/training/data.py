@@ -246,6 +246,17 @@ def empty_after_truncation(
     )
 
 
+def read_dataset(path: Path, param: str) -> list[Example]:
+    """A dataset's examples by the API's own parser; a missing or invalid file is the user's
+    error, named by `param`."""
+    try:
+        return read_examples(path)
+    except FileNotFoundError as exc:
+        raise TrainingInputError("file_not_found", f"{param} {path} does not exist", param) from exc
+    except DatasetError as exc:
+        raise TrainingInputError("invalid_file", f"{param} is invalid: {exc}", param) from exc
+
+
 def load_dataset(
     path: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -255,12 +266,7 @@ def load_dataset(
     param: str = "training_file",
 ) -> TokenizedDataset:
     """Read a JSONL dataset with the API's own parser and tokenize it."""
-    try:
-        examples = read_examples(path)
-    except FileNotFoundError as exc:
-        raise TrainingInputError("file_not_found", f"{param} {path} does not exist", param) from exc
-    except DatasetError as exc:
-        raise TrainingInputError("invalid_file", f"{param} is invalid: {exc}", param) from exc
+    examples = read_dataset(path, param)
     return tokenize_dataset(
         tokenizer, examples, max_seq_length=max_seq_length, train_on=train_on, param=param
     )

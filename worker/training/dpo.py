@@ -29,7 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedTokenizerBase
 
-from app.datasets import DatasetError, Example, read_examples
+from app.datasets import Example
 from worker.training.batching import Batch, BatchPlan, Row, collate_padding_free, group_by_length
 from worker.training.data import (
     IGNORE_INDEX,
@@ -37,6 +37,7 @@ from worker.training.data import (
     TokenizedExample,
     check_tools_rendered,
     empty_after_truncation,
+    read_dataset,
     render_chat,
     tokenize_chat,
 )
@@ -184,12 +185,7 @@ def load_pairs(
     param: str = "training_file",
 ) -> TokenizedDataset:
     """Read a preference file with the API's own parser and tokenize its pairs."""
-    try:
-        examples = read_examples(path)
-    except FileNotFoundError as exc:
-        raise TrainingInputError("file_not_found", f"{param} {path} does not exist", param) from exc
-    except DatasetError as exc:
-        raise TrainingInputError("invalid_file", f"{param} is invalid: {exc}", param) from exc
+    examples = read_dataset(path, param)
     return tokenize_pairs(tokenizer, examples, max_seq_length=max_seq_length, param=param)
 
 
@@ -207,15 +203,20 @@ def build_pair_plan(
     return BatchPlan(rows, lengths, batch_size, seed, group_by_length=True)
 
 
-def eval_pair_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[Batch]:
-    """Validation batches of batch_size pairs in a fixed order, each padding-free."""
+def eval_pair_rows(examples: Sequence[TokenizedExample], batch_size: int) -> list[list[Row]]:
+    """The rows of each validation batch: batch_size pairs, longest first, a fixed order."""
     rows = pair_rows(examples)
     lengths = [sum(len(examples[i].input_ids) for i in row) for row in rows]
     order = group_by_length(list(range(len(rows))), lengths, batch_size)
     return [
-        collate_padding_free(examples, [rows[i] for i in order[start : start + batch_size]])
+        [rows[i] for i in order[start : start + batch_size]]
         for start in range(0, len(order), batch_size)
     ]
+
+
+def eval_pair_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[Batch]:
+    """Validation batches of batch_size pairs, each padding-free (eval_pair_rows' order)."""
+    return [collate_padding_free(examples, rows) for rows in eval_pair_rows(examples, batch_size)]
 
 
 def batch_pairs(rows: Sequence[Row]) -> list[int]:
@@ -361,13 +362,7 @@ def split_eval_references(
     references: torch.Tensor, examples: Sequence[TokenizedExample], batch_size: int
 ) -> list[torch.Tensor]:
     """The validation references, one tensor per evaluation batch in its sequence order."""
-    rows = pair_rows(examples)
-    lengths = [sum(len(examples[i].input_ids) for i in row) for row in rows]
-    order = group_by_length(list(range(len(rows))), lengths, batch_size)
-    return [
-        batch_reference(references, [rows[i] for i in order[start : start + batch_size]])
-        for start in range(0, len(order), batch_size)
-    ]
+    return [batch_reference(references, rows) for rows in eval_pair_rows(examples, batch_size)]
 
 
 def saved_references(run: TrainingRun) -> dict[str, list[float]]:
