@@ -31,9 +31,13 @@ def test_the_filter_drops_only_the_missing_kernels_warning() -> None:
 
 
 @pytest.mark.slow
-def test_loading_the_engine_prints_no_kernels_warning() -> None:
+@pytest.mark.parametrize("module", ["worker.training.models", "worker.inference.engine"])
+def test_loading_an_engine_prints_no_kernels_warning(module: str) -> None:
+    """On a CPU with AVX512-BF16 (where bitsandbytes tries the `kernels` package); elsewhere
+    the warning never comes. The inference engine imports peft (and with it bitsandbytes)
+    before anything of the training engine."""
     loaded = subprocess.run(
-        [sys.executable, "-c", "import worker.training.models"],
+        [sys.executable, "-c", f"import {module}"],
         capture_output=True,
         text=True,
         timeout=300,
