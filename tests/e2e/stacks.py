@@ -230,6 +230,16 @@ def metric_steps(client: httpx.Client, job_id: str) -> list[tuple[int, float]]:
     ]
 
 
+def wait_export(client: httpx.Client, export_path: str, timeout: float = 120) -> dict[str, Any]:
+    """The export at `export_path` (under /v1) once it has succeeded or failed."""
+
+    def ended() -> dict[str, Any] | None:
+        export: dict[str, Any] = client.get(export_path).json()
+        return export if export["status"] in ("succeeded", "failed") else None
+
+    return wait_for(ended, timeout, "the export")
+
+
 def checkpoint_steps(client: httpx.Client, job_id: str) -> list[int]:
     page = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints", params={"limit": 100}).json()
     return sorted(c["step_number"] for c in page["data"])

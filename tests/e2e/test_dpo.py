@@ -21,6 +21,7 @@ from tests.e2e.stacks import (
     hello_dataset,
     postgres_redis_stack,
     upload,
+    wait_export,
     wait_status,
 )
 from tests.live import wait_for
@@ -124,13 +125,7 @@ def test_supervised_then_dpo_learns_survives_kill_9_and_exports(stack: Stack) ->
     export = http.post(f"{job_path}/exports", json={"type": "merged", "dtype": "float32"})
     assert export.status_code == 200, export.text
     export_path = f"{job_path}/exports/{export.json()['id']}"
-    done = wait_for(
-        lambda: (lambda e: e if e["status"] in ("succeeded", "failed") else None)(
-            http.get(export_path).json()
-        ),
-        120,
-        "the export",
-    )
+    done = wait_export(http, export_path)
     assert done["status"] == "succeeded", done
     for path in (f"{export_path}/content", f"{job_path}/adapter"):
         response = http.get(path)

@@ -27,6 +27,7 @@ from tests.e2e.stacks import (
     metric_steps,
     postgres_redis_stack,
     upload,
+    wait_export,
     wait_status,
 )
 from tests.live import START_TIMEOUT_S, loraforge_in, wait_for
@@ -95,13 +96,7 @@ def trained(stack: Stack) -> Trained:
     export = client.post(f"{job_path}/exports", json={"type": "merged", "dtype": "float32"})
     assert export.status_code == 200, export.text
     export_path = f"{job_path}/exports/{export.json()['id']}"
-    done = wait_for(
-        lambda: (lambda e: e if e["status"] in ("succeeded", "failed") else None)(
-            client.get(export_path).json()
-        ),
-        120,
-        "the export",
-    )
+    done = wait_export(client, export_path)
     assert done["status"] == "succeeded", done
     checkpoints = client.get(f"{job_path}/checkpoints").json()["data"]
     (step_8,) = [c for c in checkpoints if c["step_number"] == 8]
