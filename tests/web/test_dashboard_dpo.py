@@ -86,6 +86,18 @@ def add_dpo_metrics(stack: Stack, job_id: str, steps: int) -> None:
     engine.dispose()
 
 
+def submit_checked_form(page: Any, client: Any) -> dict[str, Any]:
+    """Check the form with axe, create the job, cancel it at once; the job as the API has it."""
+    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
+    assert not violations, violations
+    page.get_by_role("button", name="Create job").click()
+    expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
+    job_id = page.locator("#job-id").inner_text()
+    client.post(f"/fine_tuning/jobs/{job_id}/cancel")
+    job: dict[str, Any] = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    return job
+
+
 def test_the_form_sends_a_dpo_job_with_beta_and_its_page_charts_the_preferences(
     open_page: Callable[..., Any], stack: Stack
 ):
@@ -102,20 +114,14 @@ def test_the_form_sends_a_dpo_job_with_beta_and_its_page_charts_the_preferences(
     beta.fill("0.3")
     page.get_by_label("Epochs").fill("2")
     expect(page.locator("#estimate")).to_contain_text("beta 0.3")
-    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
-    assert not violations, violations
-    page.get_by_role("button", name="Create job").click()
-
-    expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
-    job_id = page.locator("#job-id").inner_text()
-    client.post(f"/fine_tuning/jobs/{job_id}/cancel")  # only its page is under test
-    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    # Only its page is under test: the job is cancelled at once.
+    job = submit_checked_form(page, client)
     assert job["method"]["type"] == "dpo"
     assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
     assert job["method"]["dpo"]["hyperparameters"]["n_epochs"] == 2
     expect(page.locator("#job-settings")).to_contain_text("DPO, beta 0.3")
 
-    add_dpo_metrics(stack, job_id, steps=3)
+    add_dpo_metrics(stack, job["id"], steps=3)
     page.reload()
     expect(page.locator("#preference-section")).to_be_visible()
     for chart in ("#reward-margin-chart", "#preference-accuracy-chart"):
@@ -149,14 +155,8 @@ def test_the_form_continues_a_fine_tuned_model_with_dpo_on_its_lora(
     page.get_by_label("Training file").select_option(pairs)
     page.get_by_label("Method").select_option("dpo")
     expect(page.locator("#estimate")).to_contain_text("Runs on the worker queue")
-    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in SEVERE]
-    assert not violations, violations
-    page.get_by_role("button", name="Create job").click()
-
-    expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
-    job_id = page.locator("#job-id").inner_text()
-    client.post(f"/fine_tuning/jobs/{job_id}/cancel")  # the parent has no adapter files
-    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    # The parent has no adapter files: the job is cancelled at once.
+    job = submit_checked_form(page, client)
     assert job["model"] == parent
     assert job["method"]["type"] == "dpo"
     assert (job["lora"]["r"], job["lora"]["alpha"]) == (8, 16)
